@@ -1,0 +1,140 @@
+"""The cohort: a manifest CSV of cases, read and checked.
+
+Columns: ``case_id, image, mask, label``; optional ``mask_label`` and ``split``;
+the sequence columns named in ``cohort.sequences``; any other column is kept as a
+clinical covariate. Paths are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from .errors import CaseError, CaseFailure
+
+__all__ = ["Case", "Cohort", "read_manifest", "check_cases", "REQUIRED_COLUMNS"]
+
+REQUIRED_COLUMNS = ("case_id", "image", "mask", "label")
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image: Path
+    mask: Path
+    label: str
+    mask_label: int = 1
+    split: str | None = None
+    sequences: tuple[Path, ...] = ()
+    covariates: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class Cohort:
+    cases: list[Case]
+    positive_label: str | None = None
+    excluded: list[CaseFailure] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.case_id for c in self.cases]
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.cases]
+
+    def y(self) -> "pd.Series":
+        """Binary target (1 = positive label) indexed by case id."""
+        return pd.Series([int(c.label == self.positive_label) for c in self.cases],
+                         index=pd.Index(self.ids, name="case_id"), name="y")
+
+    def without(self, failures: Iterable[CaseFailure]) -> "Cohort":
+        bad = {f.case_id for f in failures}
+        return Cohort([c for c in self.cases if c.case_id not in bad], self.positive_label,
+                      self.excluded + [f for f in failures])
+
+
+def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str] | None = None,
+                  positive_label: str | int | None = None) -> tuple[Cohort, list[str]]:
+    """Read a manifest; return the cohort and a list of manifest-level problems.
+
+    Problems that make the manifest unusable (unreadable file, missing columns)
+    raise ``ValueError``; per-row problems (duplicate ids, label set) are returned.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:  # pandas raises many kinds
+        raise ValueError(f"cannot read manifest {path}: {err}") from None
+    df.columns = [c.strip() for c in df.columns]
+    need = list(REQUIRED_COLUMNS) + list(sequences or [])
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest {path}: missing column(s) {missing}; "
+                         f"found {list(df.columns)}; required: {list(REQUIRED_COLUMNS)}")
+    problems: list[str] = []
+    base = path.resolve().parent
+    known = set(need) | {"mask_label", "split"}
+    cases = []
+    for i, row in df.iterrows():
+        cid = row["case_id"].strip()
+        if not cid:
+            problems.append(f"manifest row {i + 2}: empty case_id")
+            continue
+        ml = mask_label
+        if "mask_label" in df.columns and row["mask_label"].strip():
+            try:
+                ml = int(float(row["mask_label"]))
+            except ValueError:
+                problems.append(f"case {cid}: mask_label {row['mask_label']!r} is not an integer")
+        cases.append(Case(
+            case_id=cid,
+            image=_abs(base, row["image"]),
+            mask=_abs(base, row["mask"]),
+            label=row["label"].strip(),
+            mask_label=ml,
+            split=(row["split"].strip() or None) if "split" in df.columns else None,
+            sequences=tuple(_abs(base, row[c]) for c in (sequences or [])),
+            covariates={c: row[c] for c in df.columns if c not in known},
+        ))
+    ids = [c.case_id for c in cases]
+    for dup in sorted({x for x in ids if ids.count(x) > 1}):
+        rows = [i + 2 for i, x in enumerate(df["case_id"].str.strip()) if x == dup]
+        problems.append(f"case {dup}: duplicate case_id (manifest rows {rows})")
+    for c in cases:
+        if not c.label:
+            problems.append(f"case {c.case_id}: empty label")
+    values = sorted({c.label for c in cases if c.label})
+    pos = None if positive_label is None else str(positive_label)
+    if len(values) != 2:
+        problems.append(f"a binary task needs exactly two label values; found {len(values)}: {values}")
+    elif pos is None:
+        problems.append(f"cohort.positive_label is not set; name one of the labels {values}")
+    elif pos not in values:
+        problems.append(f"cohort.positive_label {pos!r} is not among the labels {values}")
+    return Cohort(cases, pos), problems
+
+
+def _abs(base: Path, p: str) -> Path:
+    p = Path(p.strip()).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def check_cases(cases: Iterable[Case], check: Callable[[Case], object],
+                stage: str = "input") -> list[CaseFailure]:
+    """Run ``check`` on every case and collect failures (every one, not the first)."""
+    failures = []
+    for case in cases:
+        try:
+            check(case)
+        except CaseError as err:
+            failures.append(CaseFailure(err.case_id, stage, err.reason))
+        except Exception as err:  # noqa: BLE001 - reported with the case id
+            failures.append(CaseFailure.from_error(err, case.case_id, stage))
+    return failures

@@ -1,0 +1,488 @@
+"""The YAML configuration: one typed schema, validated strictly.
+
+Every section is a pydantic model with ``extra="forbid"``; unknown keys get a
+"did you mean" suggestion, wrong types and ranges name the full key path.
+Relative paths are resolved against the folder that holds the config file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "CohortConfig",
+    "RoiConfig",
+    "IntensityConfig",
+    "HandcraftedConfig",
+    "DeepConfig",
+    "FeaturesConfig",
+    "SelectConfig",
+    "ClassifierConfig",
+    "ExperimentConfig",
+    "EvaluationConfig",
+    "ExecutionConfig",
+    "load_config",
+    "parse_config",
+    "settings_hash",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        head = f"invalid configuration{f' {source}' if source else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+# --------------------------------------------------------------------------- cohort
+class CohortConfig(_Strict):
+    manifest: Path = Field(description="CSV with columns case_id, image, mask, label")
+    positive_label: str | int | None = Field(
+        None, description="label value treated as the positive class (required for binary tasks)"
+    )
+    mask_label: int = Field(1, ge=1, description="label value of the ROI in the masks")
+    on_invalid: Literal["error", "skip"] = "error"
+    geometry_tolerance: float = Field(
+        1e-3, gt=0, description="relative tolerance for spacing/origin/direction agreement"
+    )
+    resample_mask: bool = Field(
+        False, description="resample a mask onto its image (nearest neighbour) when geometry differs"
+    )
+    sequences: list[str] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="three manifest columns holding MR sequences for the 'sequences' channel strategy",
+    )
+
+
+# --------------------------------------------------------------------------- roi
+CT_PRESETS: dict[str, tuple[float, float]] = {
+    # name: (level, width) in HU
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "soft_tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "liver": (60.0, 160.0),
+}
+
+
+class IntensityConfig(_Strict):
+    modality: Literal["CT", "MR"] = "CT"
+    # CT: a preset name, [low, high] in HU, or {level, width}
+    window: str | tuple[float, float] | None = Field(
+        None, description="CT window: preset name or [low, high] HU (default: lung)"
+    )
+    windows: list[str | tuple[float, float]] | None = Field(
+        None, description="three CT windows for the 'ct_windows' channel strategy"
+    )
+    # MR
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    normalise: Literal["zscore", "minmax"] = "minmax"
+    region: Literal["roi", "slice"] = "slice"
+
+    @field_validator("window")
+    @classmethod
+    def _window_ok(cls, v):
+        return _check_window(v)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_ok(cls, v):
+        if v is None:
+            return v
+        if len(v) != 3:
+            raise ValueError(f"needs exactly three windows (one per RGB channel), got {len(v)}")
+        return [_check_window(w) for w in v]
+
+    @model_validator(mode="after")
+    def _percentiles_ok(self):
+        lo, hi = self.percentiles
+        if not (0 <= lo < hi <= 100):
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(self.percentiles)}")
+        return self
+
+
+def _check_window(v):
+    if v is None:
+        return v
+    if isinstance(v, str):
+        if v not in CT_PRESETS:
+            raise ValueError(f"unknown CT window preset {v!r}{_suggest(v, CT_PRESETS)}; "
+                             f"choose one of {sorted(CT_PRESETS)} or give [low, high] in HU")
+        return v
+    lo, hi = v
+    if not lo < hi:
+        raise ValueError(f"window [low, high] needs low < high, got [{lo}, {hi}]")
+    return (float(lo), float(hi))
+
+
+ChannelStrategy = Literal["r", "g", "b", "grey3", "each", "ct_windows", "slices", "sequences"]
+
+
+class RoiConfig(_Strict):
+    plane: Literal["axial", "sagittal", "coronal"] = "axial"
+    slice: Literal["largest", "all", "centre"] = "largest"
+    spacing_mm: float | None = Field(
+        None, gt=0, description="in-plane pixel spacing to resample to before cropping (None: keep)"
+    )
+    crop: Literal["exact", "window", "masked"] = "window"
+    margin_px: int = Field(0, ge=0, description="margin around the ROI bounding box (exact/masked)")
+    window_px: int | None = Field(56, gt=0, description="window side in pixels (crop: window)")
+    window_mm: float | None = Field(None, gt=0, description="window side in mm (overrides window_px)")
+    size: int = Field(224, ge=16, le=1024, description="side of the network input, pixels")
+    aspect: Literal["stretch", "pad"] = "pad"
+    background: float = Field(0.0, description="value outside the ROI for crop: masked (in [0, 1])")
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+
+
+# --------------------------------------------------------------------------- features
+class HandcraftedConfig(_Strict):
+    params: Path | None = Field(None, description="a PyRadiomics parameter file, used as is")
+    settings: dict[str, Any] | None = Field(
+        None, description="inline PyRadiomics settings (merged over the params file's 'setting')"
+    )
+    mode: Literal["3d", "2d"] = "3d"
+
+
+class DeepConfig(_Strict):
+    backbone: str = "alexnet"
+    weights: str | Path | None = Field(
+        "IMAGENET1K_V1",
+        description="torchvision weights name (e.g. IMAGENET1K_V1), a local .pth/.mat file, or null",
+    )
+    layer: str = Field("fc7", description="fc6 | fc7 | penultimate | a module path")
+    activation: Literal["pre_relu", "post_relu"] = "post_relu"
+    channels: ChannelStrategy = "r"
+    batch_size: int = Field(32, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+    slice_pooling: Literal["mean", "max"] = Field(
+        "mean", description="how features of several slices (roi.slice: all) are pooled per case"
+    )
+
+
+class FeaturesConfig(_Strict):
+    handcrafted: HandcraftedConfig | None = None
+    deep: DeepConfig | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self):
+        if self.handcrafted is None and self.deep is None:
+            raise ValueError("name at least one feature route: 'handcrafted' and/or 'deep'")
+        return self
+
+
+# --------------------------------------------------------------------------- experiments
+class SelectConfig(_Strict):
+    method: Literal["relieff", "su", "none"] = "su"
+    k: int | Literal["all"] | None = Field(
+        None, description="number of features kept over all routes together"
+    )
+    k_per_route: int | None = Field(
+        None, ge=1, description="features kept per route, then united (the published 5 + 5)"
+    )
+    neighbours: int = Field(10, ge=1, description="ReliefF nearest hits/misses")
+    sample: int | None = Field(None, ge=1, description="ReliefF: instances sampled (None: all)")
+    correlation_threshold: float | None = Field(
+        None, gt=0, le=1, description="drop a selected feature correlated above this with a better one"
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _k_pos(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"k must be >= 1 or 'all', got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _k_or_per_route(self):
+        if self.k is not None and self.k_per_route is not None:
+            raise ValueError("give either 'k' or 'k_per_route', not both")
+        if self.method != "none" and self.k is None and self.k_per_route is None:
+            raise ValueError(f"selection method {self.method!r} needs 'k' or 'k_per_route'")
+        return self
+
+
+CLASSIFIERS = ("random_forest", "svm_rbf", "svm_linear", "naive_bayes", "logistic_regression",
+               "decision_tree")
+
+
+class ClassifierConfig(_Strict):
+    model_config = ConfigDict(extra="allow")  # estimator keyword arguments
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        if v not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {v!r}{_suggest(v, CLASSIFIERS)}; choose one of {list(CLASSIFIERS)}")
+        return v
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    features: list[Literal["handcrafted", "deep"]] = Field(min_length=1)
+    select: SelectConfig = Field(default_factory=lambda: SelectConfig(method="none"))
+    classifier: ClassifierConfig
+
+    @field_validator("classifier", mode="before")
+    @classmethod
+    def _name_only(cls, v):
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"routes listed twice: {v}")
+        return v
+
+
+class EvaluationConfig(_Strict):
+    scheme: Literal["loo", "repeated_kfold", "external"] = "loo"
+    folds: int = Field(5, ge=2)
+    repeats: int = Field(10, ge=1)
+    seed: int = 0
+    train_split: str = Field("train", description="manifest 'split' value used for training (external)")
+    test_split: str = Field("test", description="manifest 'split' value used for testing (external)")
+    permutations: int = Field(0, ge=0, description="label permutations for a permutation test (0: off)")
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+
+
+class ExecutionConfig(_Strict):
+    n_jobs: int = Field(1, ge=1)
+    backend: Literal["local", "dask"] = "local"
+    address: str | None = Field(None, description="Dask scheduler address (backend: dask)")
+    cache_dir: Path | None = Field(None, description="per-case feature cache (default: OUTPUT/cache)")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _dask_address(self):
+        if self.backend == "dask" and not self.address:
+            raise ValueError("backend 'dask' needs 'address' (e.g. tcp://scheduler:8786)")
+        return self
+
+
+# --------------------------------------------------------------------------- top level
+class Config(_Strict):
+    name: str = "radiodeep-study"
+    cohort: CohortConfig
+    roi: RoiConfig = Field(default_factory=RoiConfig)
+    features: FeaturesConfig
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: Path = Path("results")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    # not part of the schema: where the file was read from
+    _base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        names = [e.name for e in self.experiments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experiment names must be unique; repeated: {dupes}")
+        for i, e in enumerate(self.experiments):
+            for route in e.features:
+                if getattr(self.features, route) is None:
+                    raise ValueError(
+                        f"experiments[{i}] ({e.name}) uses route {route!r}, "
+                        f"but features.{route} is not configured"
+                    )
+        deep = self.features.deep
+        if deep is not None:
+            if deep.channels == "sequences" and not self.cohort.sequences:
+                raise ValueError("channel strategy 'sequences' needs cohort.sequences (three manifest columns)")
+            if deep.channels == "ct_windows" and self.roi.intensity.modality != "CT":
+                raise ValueError("channel strategy 'ct_windows' needs roi.intensity.modality: CT")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve(self, p: Path | str | None) -> Path | None:
+        """A path from the config, made absolute against the config file's folder."""
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.output)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.resolve(self.execution.cache_dir) or (self.output_dir / "cache")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+def _suggest(word: str, options) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the mapping at ``path`` (for suggestions)."""
+    model: Any = Config
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = _first_model(ann)
+        if model is None:
+            return None
+    return model
+
+
+def _first_model(ann) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        m = _first_model(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic inserts union branch names (e.g. 'str', 'tuple[float, float]', 'function-after[...]')
+    keep = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"}):
+            continue
+        keep.append(part)
+    return tuple(keep)
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for e in err.errors(include_url=False):
+        loc = _clean_loc(tuple(e["loc"]))
+        etype = e["type"]
+        if etype == "extra_forbidden":
+            key = loc[-1]
+            parent = _model_at(loc[:-1])
+            hint = _suggest(key, parent.model_fields) if parent else ""
+            msg = f"{_loc_str(loc)}: unknown key {key!r}{hint}"
+        elif etype == "missing":
+            msg = f"{_loc_str(loc)}: required key is missing"
+        else:
+            text = e["msg"]
+            if text.startswith("Value error, "):
+                text = text[len("Value error, "):]
+            given = e.get("input")
+            if etype not in {"value_error", "assertion_error"} and not isinstance(given, (dict, list)):
+                text = f"{text} (got {given!r})"
+            msg = f"{_loc_str(loc)}: {text}"
+        if msg not in seen:
+            seen.add(msg)
+            problems.append(msg)
+    return problems
+
+
+def parse_config(data: Any, base_dir: Path | str = ".", source: str | None = None) -> Config:
+    """Validate a config mapping; raise :class:`ConfigError` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"the file must hold a mapping of sections, got {type(data).__name__}"], source)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err), source) from None
+    cfg._base_dir = Path(base_dir).resolve()
+    problems = _check_files(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _check_files(cfg: Config) -> list[str]:
+    problems = []
+    manifest = cfg.resolve(cfg.cohort.manifest)
+    if not manifest.is_file():
+        problems.append(f"cohort.manifest: file not found: {manifest}")
+    hc = cfg.features.handcrafted
+    if hc is not None and hc.params is not None:
+        p = cfg.resolve(hc.params)
+        if not p.is_file():
+            problems.append(f"features.handcrafted.params: file not found: {p}")
+    deep = cfg.features.deep
+    if deep is not None and isinstance(deep.weights, (str, Path)) and _looks_like_path(str(deep.weights)):
+        p = cfg.resolve(deep.weights)
+        if not p.is_file():
+            problems.append(f"features.deep.weights: file not found: {p}")
+    return problems
+
+
+def _looks_like_path(s: str) -> bool:
+    return any(s.endswith(ext) for ext in (".pth", ".pt", ".mat", ".bin")) or "/" in s
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a YAML config file (``yaml.safe_load``: no code is run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path.resolve()}"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
+    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def settings_hash(obj: Any, n: int = 12) -> str:
+    """A short stable hash of JSON-serialisable settings (keys sorted)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

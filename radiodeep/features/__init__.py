@@ -1,0 +1,1 @@
+"""Feature routes (handcrafted, deep) and their per-case cache."""
