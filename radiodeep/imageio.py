@@ -97,6 +97,9 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False):
             raise CaseError(case.case_id, f"image/mask geometry mismatch: {problem} "
                             "(set cohort.resample_mask: true to resample the mask onto the image)")
         mask = resample_like(mask, image)
+    elif (mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) != (
+            image.GetSpacing(), image.GetOrigin(), image.GetDirection()):
+        mask.CopyInformation(image)  # equal within tolerance: make it exact for later stages
     labels = mask_labels(mask)
     if not labels:
         raise CaseError(case.case_id, "mask is empty (no non-zero voxel)")

@@ -1,0 +1,164 @@
+"""The ``radiodeep`` command line: run, demo, validate, synth.
+
+Only this module configures logging handlers and progress bars; the library
+itself logs through ``logging.getLogger(__name__)`` and never adds handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+log = logging.getLogger("radiodeep")
+
+
+def _setup_logging(verbosity: int, logfile: Path | None = None) -> None:
+    root = logging.getLogger("radiodeep")
+    root.setLevel(logging.DEBUG)
+    for h in list(root.handlers):
+        if not isinstance(h, logging.NullHandler):
+            root.removeHandler(h)
+            h.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root.addHandler(console)
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(logfile, encoding="utf-8")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+
+
+def _cmd_validate(args) -> int:
+    from .config import ConfigError, load_config
+    from .validate import load_cohort
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    report = load_cohort(cfg, check_images=not args.no_images, progress=args.progress)
+    n = len(report.cohort) if report.cohort is not None else 0
+    if report.ok:
+        labels = report.cohort.labels
+        counts = {v: labels.count(v) for v in sorted(set(labels))}
+        print(f"config OK; cohort OK: {n} cases, labels {counts}, positive = {report.cohort.positive_label!r}")
+        return 0
+    lines = report.lines()
+    print(f"{len(lines)} problem(s) in {args.config} ({n} cases read):", file=sys.stderr)
+    for line in lines:
+        print(f"  - {line}", file=sys.stderr)
+    if report.failures and not report.problems and cfg.cohort.on_invalid == "skip":
+        print(f"cohort.on_invalid is 'skip': a run would exclude {len(report.failures)} case(s) "
+              "and list them in the report", file=sys.stderr)
+    return 1
+
+
+def _cmd_synth(args) -> int:
+    from .synth import make_cohort
+
+    manifest = make_cohort(args.out, n_cases=args.cases, seed=args.seed, modality=args.modality,
+                           split=args.split)
+    print(f"wrote {args.cases} phantom {args.modality.upper()} cases: {manifest}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .config import ConfigError, load_config
+    from .pipeline import RunError, run
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    if args.output:
+        cfg.output = Path(args.output).resolve()
+    if not args.progress:
+        cfg.execution.progress = False
+    _setup_logging(args.verbose + 1, cfg.output_dir / "radiodeep.log")
+    try:
+        result = run(cfg, only=args.only)
+    except RunError as err:
+        log.error("%s", err)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .pipeline import RunError
+
+    _setup_logging(args.verbose + 1, Path(args.dir).resolve() / "results" / "radiodeep.log")
+    try:
+        result = run_demo(Path(args.dir), n_cases=args.cases, quick=args.quick, progress=args.progress)
+    except RunError as err:
+        log.error("%s", err)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="radiodeep",
+        description="Handcrafted (PyRadiomics) and deep (ImageNet CNN) radiomics features, "
+                    "in-fold feature selection and leave-one-out evaluation.")
+    p.add_argument("--version", action="version", version=f"radiodeep {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    common.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (they are also off when stderr is not a terminal)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[common], help="validate, extract, evaluate every experiment, report")
+    r.add_argument("config", type=Path, help="study YAML file")
+    r.add_argument("--only", choices=["extract", "evaluate"], default=None,
+                   help="run only feature extraction, or only the experiments (on cached features)")
+    r.add_argument("--output", type=Path, default=None, help="override the config's output folder")
+    r.set_defaults(func=_cmd_run)
+
+    d = sub.add_parser("demo", parents=[common],
+                       help="make a phantom cohort (if absent) and run the bundled sample study on it")
+    d.add_argument("--dir", default="demo", help="folder for the demo cohort and results (default: ./demo)")
+    d.add_argument("--cases", type=int, default=40, help="phantom cases (default 40, as published)")
+    d.add_argument("--quick", action="store_true", help="smaller settings for a fast smoke run")
+    d.set_defaults(func=_cmd_demo)
+
+    v = sub.add_parser("validate", parents=[common], help="check a config and its cohort, compute nothing")
+    v.add_argument("config", type=Path)
+    v.add_argument("--no-images", action="store_true", help="check the manifest only, do not open images")
+    v.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("synth", parents=[common], help="write a phantom cohort (volumes, masks, manifest)")
+    s.add_argument("out", type=Path)
+    s.add_argument("--cases", type=int, default=40)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--modality", choices=["ct", "mr"], default="ct")
+    s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
+    s.set_defaults(func=_cmd_synth)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("validate", "synth"):
+        _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished cases are cached; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
