@@ -435,11 +435,12 @@ def parse_config(data: Any, base_dir: Path | str = ".", source: str | None = Non
     """Validate a config mapping; raise :class:`ConfigError` listing every problem."""
     if not isinstance(data, dict):
         raise ConfigError([f"the file must hold a mapping of sections, got {type(data).__name__}"], source)
+    base = Path(base_dir).resolve()
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err), source) from None
-    cfg._base_dir = Path(base_dir).resolve()
+        raise ConfigError(_format_errors(err) + _check_raw_files(data, base), source) from None
+    cfg._base_dir = base
     problems = _check_files(cfg)
     if problems:
         raise ConfigError(problems, source)
@@ -461,6 +462,21 @@ def _check_files(cfg: Config) -> list[str]:
         p = cfg.resolve(deep.weights)
         if not p.is_file():
             problems.append(f"features.deep.weights: file not found: {p}")
+    return problems
+
+
+def _check_raw_files(data: dict, base: Path) -> list[str]:
+    """File checks on an unvalidated mapping, so they are listed beside schema errors."""
+    problems = []
+    for keys in (("cohort", "manifest"), ("features", "handcrafted", "params")):
+        node: Any = data
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, str) and node:
+            p = Path(node).expanduser()
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                problems.append(f"{'.'.join(keys)}: file not found: {p}")
     return problems
 
 
