@@ -1,0 +1,60 @@
+"""The per-case feature cache and CSV export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from radiodeep.features.store import FeatureStore, export_csv, file_fingerprint
+
+
+def test_roundtrip_keeps_names_order_and_values(tmp_path):
+    store = FeatureStore(tmp_path, "deep", {"layer": "fc7"})
+    row = {f"alexnet_fc7_r_{i:04d}": float(v) for i, v in enumerate(np.linspace(-1, 1, 7))}
+    store.save("p/01 a", row, fingerprint="abc", diagnostics={"slice": 3})
+    assert store.load("p/01 a") == row
+    assert list(store.load("p/01 a", "abc")) == list(row)
+    assert store.load_diagnostics("p/01 a") == {"slice": 3}
+    assert store.load("p/01 a", "other-inputs") is None  # edited inputs are recomputed
+    assert store.path("p/01 a").parent == store.dir  # ids with odd characters stay inside
+
+
+def test_settings_key_separates_entries_and_is_recorded(tmp_path):
+    a = FeatureStore(tmp_path, "handcrafted", {"binWidth": 25})
+    b = FeatureStore(tmp_path, "handcrafted", {"binWidth": 10})
+    a.save("c1", {"f": 1.0})
+    assert a.dir != b.dir and b.load("c1") is None
+    assert json.loads((a.dir / "settings.json").read_text()) == {"binWidth": 25}
+
+
+def test_damaged_entry_is_recomputed_not_fatal(tmp_path):
+    store = FeatureStore(tmp_path, "deep", {})
+    store.save("c1", {"f": 1.0})
+    store.path("c1").write_bytes(b"truncated")
+    assert store.load("c1") is None
+    assert not any(p.suffix == ".tmp" for p in store.dir.iterdir())
+
+
+def test_table_and_fingerprint(tmp_path):
+    store = FeatureStore(tmp_path, "deep", {})
+    store.save("c2", {"f": 2.0, "g": 3.0})
+    store.save("c1", {"f": 1.0, "g": 0.5})
+    df = store.table(["c1", "c2", "missing"])
+    assert df.index.tolist() == ["c1", "c2"] and df.loc["c2", "g"] == 3.0
+    f = tmp_path / "img.nrrd"
+    f.write_bytes(b"1234")
+    fp = file_fingerprint(f)
+    os.utime(f, ns=(1, 1))
+    assert file_fingerprint(f) != fp
+
+
+def test_export_csv_writes_provenance(tmp_path):
+    df = pd.DataFrame({"f": [1.0, 2.0]}, index=pd.Index(["a", "b"], name="case_id"))
+    p = export_csv(df, tmp_path / "features_deep.csv", {"backbone": "alexnet"})
+    back = pd.read_csv(p, index_col="case_id")
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    prov = json.loads((tmp_path / "features_deep.provenance.json").read_text())
+    assert prov == {"backbone": "alexnet", "n_cases": 2, "n_features": 1}
