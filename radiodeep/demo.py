@@ -81,7 +81,7 @@ def run_demo(folder: Path | str = "demo", n_cases: int = 40, quick: bool = False
     study = folder / "study.yaml"
     cfg_dict = demo_config(quick=quick, weights=weights)
     study.write_text(HEADER.format(path=study, weights_note=note)
-                     + yaml.safe_dump(cfg_dict, sort_keys=False))
+                     + yaml.safe_dump(cfg_dict, sort_keys=False), encoding="utf-8")
     config = load_config(study)
     config.execution.progress = progress
     if weights is None:

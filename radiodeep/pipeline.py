@@ -132,7 +132,7 @@ def _read_exported(config: Config) -> dict[str, RouteResult]:
             raise RunError(f"--only evaluate needs {p}; run 'radiodeep run CONFIG --only extract' first")
         df = pd.read_csv(p, index_col="case_id", dtype={"case_id": str})
         prov_p = p.with_suffix(".provenance.json")
-        prov = json.loads(prov_p.read_text()) if prov_p.exists() else {}
+        prov = json.loads(prov_p.read_text(encoding="utf-8")) if prov_p.exists() else {}
         results[route] = RouteResult(route, df.astype(float), provenance=prov)
     return results
 
@@ -221,7 +221,7 @@ def _pairwise_delong(predictions: pd.DataFrame, delong_test) -> pd.DataFrame:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable))
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable), encoding="utf-8")
 
 
 def _jsonable(v):
@@ -243,7 +243,7 @@ def run(config: Config, only: str | None = None) -> RunResult:
     cohort = prepare(config, progress)
     result = RunResult(output_dir=out)
     env = environment()
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     failures: list[CaseFailure] = list(cohort.excluded)

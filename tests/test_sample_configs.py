@@ -16,7 +16,7 @@ RECIPES = sorted((ROOT / "pipelines").glob("*/study.yaml"))
 
 @pytest.mark.parametrize("path", STUDIES + RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_config_validates(path, tmp_path):
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     manifest = tmp_path / "cohort.csv"
     manifest.write_text("case_id,image,mask,label\n")
     data["cohort"]["manifest"] = str(manifest)  # the user supplies the cohort
@@ -27,7 +27,7 @@ def test_shipped_config_validates(path, tmp_path):
 def test_recipes_have_a_readme_naming_what_to_supply():
     assert len(RECIPES) == 3
     for recipe in RECIPES:
-        text = (recipe.parent / "README.md").read_text()
+        text = (recipe.parent / "README.md").read_text(encoding="utf-8")
         assert "You supply" in text and "published" in text
 
 
