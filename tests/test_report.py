@@ -1,0 +1,394 @@
+"""report.html: contents, escaping, self-containment, and a real headless-browser check.
+
+The inputs are computed, not typed in: random features with and without signal, a real
+leave-one-out loop of scikit-learn pipelines (selection refitted in every fold), real AUCs,
+DeLong and Wilson intervals.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from markupsafe import escape
+from scipy import stats
+from sklearn.feature_selection import SelectKBest, f_classif
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import LeaveOneOut
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from radiodeep.provenance import package_versions
+from radiodeep.report import fmt_auc, fmt_p, fmt_pct, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "screenshot_report.py"
+EVIL_ID = "<script>alert('x')</script>"
+EVIL_ERROR = 'ValueError: k=<img src="http://evil.example/x.png"> exceeds 3 features & more'
+WEIGHTS_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+
+
+# --------------------------------------------------------------------------- statistics
+def _midrank_components(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+
+
+def delong_ci(y, s, level=0.95):
+    auc, v10, v01 = _midrank_components(np.asarray(y), np.asarray(s))
+    se = np.sqrt(v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size)
+    z = stats.norm.ppf(0.5 + level / 2)
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def delong_paired(y, a, b):
+    y = np.asarray(y)
+    auc_a, a10, a01 = _midrank_components(y, np.asarray(a))
+    auc_b, b10, b01 = _midrank_components(y, np.asarray(b))
+    s10, s01 = np.cov(np.vstack([a10, b10])), np.cov(np.vstack([a01, b01]))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / a10.size + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / a01.size
+    z = (auc_a - auc_b) / np.sqrt(var) if var > 0 else 0.0
+    return {"auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b, "z": z, "p": 2 * stats.norm.sf(abs(z))}
+
+
+def wilson(k: int, n: int, level=0.95):
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, centre - half, centre + half
+
+
+# --------------------------------------------------------------------------- a small study
+def _loo(name, X, y, ids, features, routes, k):
+    """Leave-one-out with selection inside every fold: predictions and selection frequency."""
+    rows, counts = [], np.zeros(X.shape[1])
+    for fold, (tr, te) in enumerate(LeaveOneOut().split(X)):
+        steps = [StandardScaler(), LogisticRegression(C=0.5, solver="liblinear")]
+        if k is not None:
+            steps.insert(0, SelectKBest(f_classif, k=k))
+        pipe = make_pipeline(*steps).fit(X[tr], y[tr])
+        if k is not None:
+            counts += pipe[0].get_support()
+        score = pipe.predict_proba(X[te])[0, 1]
+        rows.append({"case_id": ids[te[0]], "y_true": int(y[te[0]]), "score": float(score),
+                     "y_pred": int(score >= 0.5), "fold": fold, "repeat": 0, "experiment": name})
+    pred = pd.DataFrame(rows)
+    sel = pd.DataFrame({"experiment": name, "feature": features, "route": routes,
+                        "frequency": counts / (fold + 1)})
+    sel = sel[sel["frequency"] > 0] if k is not None else sel.iloc[:0]
+    return pred, sel
+
+
+def _metrics_row(name, pred, routes, selector, k):
+    y, s, yp = pred["y_true"].to_numpy(), pred["score"].to_numpy(), pred["y_pred"].to_numpy()
+    tp, fn = int(((y == 1) & (yp == 1)).sum()), int(((y == 1) & (yp == 0)).sum())
+    tn, fp = int(((y == 0) & (yp == 0)).sum()), int(((y == 0) & (yp == 1)).sum())
+    acc, acc_lo, acc_hi = wilson(tp + tn, len(y))
+    sen, sen_lo, sen_hi = wilson(tp, tp + fn)
+    spe, spe_lo, spe_hi = wilson(tn, tn + fp)
+    lo, hi = delong_ci(y, s)
+    return {"experiment": name, "routes": routes, "selector": selector, "k": k,
+            "classifier": "logistic", "n": len(y), "n_pos": int(y.sum()),
+            "auc": roc_auc_score(y, s), "auc_ci_low": lo, "auc_ci_high": hi,
+            "accuracy": acc, "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi,
+            "balanced_accuracy": (sen + spe) / 2,
+            "sensitivity": sen, "sensitivity_ci_low": sen_lo, "sensitivity_ci_high": sen_hi,
+            "specificity": spe, "specificity_ci_low": spe_lo, "specificity_ci_high": spe_hi,
+            "tn": tn, "fp": fp, "fn": fn, "tp": tp}
+
+
+def _contact_sheet(path: Path, n: int, rng) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 2.2))
+    for i in range(n):
+        ax = fig.add_subplot(2, (n + 1) // 2, i + 1)
+        yy, xx = np.mgrid[-1:1:48j, -1:1:48j]
+        blob = np.exp(-((xx - rng.normal(0, .1)) ** 2 + (yy - rng.normal(0, .1)) ** 2) / 0.15)
+        ax.imshow(blob + 0.25 * rng.random((48, 48)), cmap="gray")
+        ax.set_axis_off()
+        ax.set_title(f"case-{i:03d}", fontsize=6)
+    fig.savefig(path, format="png", dpi=80)
+    return path
+
+
+def make_study(tmp_path: Path, n: int = 26, seed: int = 7) -> dict:
+    rng = np.random.default_rng(seed)
+    y = np.array([1] * (n // 2 - 3) + [0] * (n - n // 2 + 3))
+    rng.shuffle(y)
+    ids = [f"case-{i:03d}" for i in range(n)]
+    deep_names = [f"fc7_{j:04d}" for j in rng.choice(4096, 24, replace=False)]
+    hc_names = [f"original_{c}_{f}" for c in ("firstorder", "glcm", "glszm", "shape")
+                for f in ("Energy", "Entropy", "Contrast", "Sphericity")]
+    deep = rng.normal(size=(n, len(deep_names)))
+    deep[:, :4] += 1.1 * y[:, None]  # a little real signal in four deep features
+    hc = rng.normal(size=(n, len(hc_names)))  # handcrafted: noise only
+    both = np.hstack([deep, hc])
+    spec = [("deep_lr", deep, deep_names, ["deep"] * 24, "deep", "su", 5),
+            ("handcrafted_noise", hc, hc_names, ["handcrafted"] * 16, "handcrafted", "none", None),
+            ("combined.su+lr", both, deep_names + hc_names, ["deep"] * 24 + ["handcrafted"] * 16,
+             "deep+handcrafted", "su", 8)]
+    preds, sels, rows = [], [], []
+    for name, X, feats, routes, route_str, selector, k in spec:
+        p, s = _loo(name, X, y, ids, feats, routes, k)
+        preds.append(p)
+        sels.append(s)
+        rows.append(_metrics_row(name, p, route_str, selector, "all" if k is None else str(k)))
+    predictions = pd.concat(preds, ignore_index=True)
+    metrics = pd.DataFrame(rows)
+    metrics["perm_p"] = [0.0099, 0.62, 0.031]
+    scores = predictions.pivot(index="case_id", columns="experiment", values="score")
+    truth = predictions.groupby("case_id")["y_true"].first()
+    names = list(metrics["experiment"])
+    delong = pd.DataFrame([{"experiment_a": a, "experiment_b": b,
+                            **delong_paired(truth.loc[scores.index], scores[a], scores[b])}
+                           for i, a in enumerate(names) for b in names[i + 1:]])
+    failures = pd.DataFrame([
+        {"case_id": EVIL_ID, "stage": "deep", "reason": "ROI mask is empty after resampling"},
+        {"case_id": "case-099", "stage": "input", "reason": "image file not found: /data/case-099.nrrd"},
+    ])
+    provenance = {
+        "config": {"name": "study <b>&", "cohort": {"manifest": "cohort.csv", "positive_label": "malignant"},
+                   "features": {"deep": {"backbone": "alexnet", "weights": WEIGHTS_URL, "layer": "fc7"},
+                                "handcrafted": {"mode": "3d", "settings": {"binWidth": 25}}},
+                   "evaluation": {"scheme": "loo", "seed": 42, "ci_level": 0.95, "permutations": 100}},
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "packages": package_versions(("numpy", "pandas", "scikit-learn"))},
+        "routes": {"deep": {"backbone": "alexnet", "weights": "IMAGENET1K_V1", "sha256": "7be5be79" * 8,
+                            "layer": "fc7", "channels": ["r", "r", "r"]},
+                   "handcrafted": {"pyradiomics": "3.1.4", "settings": {"binWidth": 25, "label": 1}}},
+        "seed": 42, "started": "2024-05-01T10:00:00+00:00", "finished": "2024-05-01T10:03:21+00:00",
+    }
+    return {
+        "title": "Nodule study <b>&amp; friends</b>",
+        "metrics": metrics, "predictions": predictions,
+        "selection": pd.concat(sels, ignore_index=True), "delong": delong, "failures": failures,
+        "experiment_errors": {"broken_exp": EVIL_ERROR}, "provenance": provenance,
+        "contact_sheet": _contact_sheet(tmp_path / "crops.png", 8, rng), "positive_label": "malignant",
+    }
+
+
+class _Resources(HTMLParser):
+    """Every tag and its attributes, to see what the page would load."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    inputs = make_study(tmp)
+    path = write_report(tmp / "out", **inputs)
+    return inputs, path, path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- tests
+def test_report_written_with_roc_png(study):
+    inputs, path, _ = study
+    assert path == path.parent / "report.html" and path.is_file()
+    roc = path.parent / "roc_curves.png"
+    assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    img = imread(roc)
+    assert img.shape[0] > 400 and img.shape[1] > 400
+
+
+def test_experiments_and_formatted_metrics(study):
+    inputs, _, text = study
+    m = inputs["metrics"]
+    plain = text.replace("<wbr>", "")  # long names may carry line-break hints
+    for _, r in m.iterrows():
+        assert str(escape(r["experiment"])) in plain
+        assert f'<td class="name">{escape(r["experiment"])}' in plain  # a row of the summary table
+        assert fmt_auc(r["auc"]) in text
+        assert f"{fmt_auc(r['auc_ci_low'])}\u2013{fmt_auc(r['auc_ci_high'])}" in text
+        assert fmt_pct(r["accuracy"]) in text
+        assert fmt_pct(r["sensitivity"]) in text
+    assert "broken_exp" in text  # the experiment that could not run
+    assert "malignant" in text
+    assert "DeLong" in text and "Wilson" in text and "below 0.5" in text
+    # pairwise DeLong p-values, formatted as in the table
+    for p in inputs["delong"]["p"]:
+        assert str(escape(fmt_p(p))) in text
+    # permutation p-values shown because the column exists
+    assert "Perm. p" in text and "0.031" in text
+
+
+def test_confusion_matrices_name_the_positive_label(study):
+    inputs, _, text = study
+    assert "Actual<br>malignant" in text and "Predicted<br>not malignant" in text
+    r = inputs["metrics"].iloc[0]
+    block = text[text.index('<div class="card">'):]
+    block = block[:block.index("</table>")]
+    assert f">{r['tp']}<" in block and f">{r['tn']}<" in block
+
+
+def test_images_embedded(study):
+    inputs, _, text = study
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    # ROC + one selection plot per experiment with selection (2) + contact sheet
+    assert len(imgs) == 4
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+    sheet = base64.b64encode(inputs["contact_sheet"].read_bytes()).decode()
+    assert sheet in imgs
+    # the selection plot of the experiment without selection is skipped
+    assert 'alt="selection frequency, handcrafted_noise"' not in text
+    assert 'alt="selection frequency, deep_lr"' in text
+
+
+def test_failures_listed(study):
+    inputs, _, text = study
+    for reason in inputs["failures"]["reason"]:
+        assert str(escape(reason)) in text
+    assert "case-099" in text
+
+
+def test_user_strings_escaped(study):
+    _, _, text = study
+    assert "<script" not in text.lower()
+    assert str(escape(EVIL_ID)) in text  # &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;
+    assert "&lt;b&gt;&amp;amp; friends&lt;/b&gt;" in text  # the title, escaped once
+    assert "<b>&amp; friends</b>" not in text
+    assert "&lt;img src=" in text  # the error message is text, not an element
+    assert "evil.example" in text
+
+
+def test_self_contained(study):
+    _, _, text = study
+    parser = _Resources()
+    parser.feed(text)
+    for tag, attrs in parser.tags:
+        for key in ("src", "href", "srcset", "poster", "data", "action", "background"):
+            v = (attrs.get(key) or "").strip()
+            if v:
+                assert v.startswith(("data:", "#")), f"<{tag} {key}={v[:60]!r}> is not inline"
+        if tag == "link":
+            assert attrs.get("rel") == "icon" and attrs.get("href", "").startswith("data:")
+        assert tag not in ("script", "iframe", "object", "embed", "base")
+    lowered = text.lower()
+    assert "@import" not in lowered and "@font-face" not in lowered
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", lowered)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", lowered)
+    assert "content-security-policy" in lowered and "default-src 'none'" in lowered
+    # URLs may appear as text (weights in the provenance), never as something to load
+    assert WEIGHTS_URL in text
+
+
+def test_provenance(study):
+    _, _, text = study
+    assert "Random seed" in text and ">42<" in text
+    assert "3 min 21 s" in text
+    assert "IMAGENET1K_V1" in text and "binWidth: 25" in text
+    assert "scikit-learn" in text
+    assert "<pre>name: study &lt;b&gt;&amp;" in text  # config as escaped YAML
+
+
+def test_sparse_inputs_do_not_break(tmp_path):
+    """Missing columns, NaN, empty frames, no contact sheet: a dash where a value is missing."""
+    metrics = pd.DataFrame([{"experiment": "only_auc", "auc": 0.4375, "n": 10, "n_pos": 5},
+                            {"experiment": "all_nan", "auc": np.nan, "accuracy": np.nan}])
+    preds = pd.DataFrame({"case_id": [f"c{i}" for i in range(10)], "y_true": [0, 1] * 5,
+                          "score": np.linspace(0, 1, 10)[::-1], "y_pred": [1, 0] * 5,
+                          "fold": range(10), "repeat": 0, "experiment": "only_auc"})
+    path = write_report(tmp_path, title="sparse", metrics=metrics, predictions=preds,
+                        selection=pd.DataFrame(columns=["experiment", "feature", "route", "frequency"]),
+                        delong=pd.DataFrame(), failures=pd.DataFrame(columns=["case_id", "stage", "reason"]),
+                        experiment_errors={}, provenance={}, contact_sheet=None)
+    text = path.read_text().replace("<wbr>", "")
+    assert "0.438" in text and "only_auc" in text and "all_nan" in text
+    assert "\u2014" in text
+    assert "No case was excluded" in text and "No experiment used feature selection" in text
+    assert "No pairwise comparison" in text and "No contact sheet" in text
+    assert "No configuration was recorded" in text
+    assert (tmp_path / "roc_curves.png").is_file()
+    # confusion matrix computed from the predictions when the counts are missing
+    assert "false negative" in text
+
+
+def test_nothing_ran(tmp_path):
+    path = write_report(tmp_path, title="t", metrics=pd.DataFrame(), predictions=pd.DataFrame(),
+                        selection=pd.DataFrame(), delong=pd.DataFrame(), failures=pd.DataFrame(),
+                        experiment_errors={"a": "no features"}, provenance={"seed": 1},
+                        contact_sheet=tmp_path / "missing.png")
+    text = path.read_text()
+    assert "No experiment produced results" in text and "no features" in text
+    assert "could not be embedded" in text
+    assert (tmp_path / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_repeated_kfold_pools_repeats(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 10)
+    rows = [{"case_id": f"c{i}", "y_true": y[i], "score": rng.random() + 0.3 * y[i], "y_pred": 0,
+             "fold": i % 5, "repeat": r, "experiment": "e1"} for r in range(3) for i in range(20)]
+    preds = pd.DataFrame(rows)
+    auc = roc_auc_score(preds["y_true"], preds["score"])
+    metrics = pd.DataFrame([{"experiment": "e1", "auc": auc, "n": 20, "n_pos": 10}])
+    path = write_report(tmp_path, title="rkf", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
+                        delong=pd.DataFrame(), failures=pd.DataFrame(), experiment_errors={},
+                        provenance={"config": {"evaluation": {"scheme": "repeated_kfold", "folds": 5,
+                                                              "repeats": 3}}},
+                        contact_sheet=None)
+    text = path.read_text()
+    assert "3\u00d7 repeated 5-fold cross-validation" in text
+    assert "all 3 repeats together" in text
+
+
+def test_formatters():
+    assert fmt_auc(0.81234) == "0.812" and fmt_auc(None) == fmt_auc(np.nan) == "\u2014"
+    assert fmt_pct(0.5) == "50.0%" and fmt_p(0.0004) == "<0.001" and fmt_p(0.04567) == "0.046"
+
+
+def test_template_ships_inside_the_package():
+    tpl = importlib.resources.files("radiodeep") / "templates" / "report.html.j2"
+    assert tpl.is_file()
+
+
+def _chromium() -> str | None:
+    for c in ("chromium", "chromium-browser"):
+        if shutil.which(c):
+            return shutil.which(c)
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+def test_headless_chromium_renders_the_report(study, tmp_path):
+    _, path, _ = study
+    out = tmp_path / "shot.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(path), str(out), "--window-size", "1280,1600"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    from matplotlib.image import imread
+
+    img = imread(out)
+    assert img.shape[:2] == (1600, 1280)
+    assert img[..., :3].std() > 0.05  # not a blank page
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+def test_screenshot_script_fails_on_missing_report(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.html"), str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and not (tmp_path / "x.png").exists()
