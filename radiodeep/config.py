@@ -93,7 +93,7 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 
 class IntensityConfig(_Strict):
     modality: Literal["CT", "MR"] = "CT"
-    # CT: a preset name, [low, high] in HU, or {level, width}
+    # CT: a preset name or [low, high] in HU
     window: str | tuple[float, float] | None = Field(
         None, description="CT window: preset name or [low, high] HU (default: lung)"
     )
@@ -156,7 +156,7 @@ class RoiConfig(_Strict):
     window_mm: float | None = Field(None, gt=0, description="window side in mm (overrides window_px)")
     size: int = Field(224, ge=16, le=1024, description="side of the network input, pixels")
     aspect: Literal["stretch", "pad"] = "pad"
-    background: float = Field(0.0, description="value outside the ROI for crop: masked (in [0, 1])")
+    background: float = Field(0.0, ge=0.0, le=1.0, description="value outside the ROI for crop: masked (in [0, 1])")
     intensity: IntensityConfig = Field(default_factory=IntensityConfig)
 
 
