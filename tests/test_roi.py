@@ -557,7 +557,7 @@ def test_bad_settings_raise_value_error():
     img, mask = ct_case(shape=(3, 20, 20))
     with pytest.raises(ValueError, match="unknown channel strategy"):
         prepare_case(to_img(img), to_img(mask), cfg(), "rgb", "s")
-    with pytest.raises(ValueError, match="background must be in"):
+    with pytest.raises(ValueError, match="less than or equal to 1"):  # refused by the config schema
         prepare_case(to_img(img), to_img(mask), cfg(crop="masked", background=2.0), "r", "s")
     with pytest.raises(ValueError, match="ct_windows"):
         prepare_case(to_img(img), to_img(mask), cfg(intensity={"modality": "MR"}), "ct_windows", "s")
