@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib.resources
+import os
 import platform
 import re
 import shutil
@@ -208,6 +209,7 @@ def test_report_written_with_roc_png(study):
     assert path == path.parent / "report.html" and path.is_file()
     roc = path.parent / "roc_curves.png"
     assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_mode & 0o044 or os.umask(os.umask(0)) & 0o044  # readable as the umask allows
     from matplotlib.image import imread
 
     img = imread(roc)
