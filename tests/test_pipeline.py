@@ -1,0 +1,156 @@
+"""End to end: config -> features -> experiments -> outputs, resume, and isolated failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from radiodeep.config import load_config
+from radiodeep.pipeline import RunError, run
+from radiodeep.synth import make_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study(tmp_path: Path, n_cases: int = 10, **over) -> Path:
+    manifest = tmp_path / "cohort" / "manifest.csv"
+    if not manifest.exists():
+        make_cohort(manifest.parent, n_cases=n_cases, seed=5)
+    cfg = {
+        "name": "pipeline test",
+        "cohort": {"manifest": "cohort/manifest.csv", "positive_label": "short"},
+        "roi": {"size": 64, "window_px": 48},
+        "features": {
+            "handcrafted": {"mode": "3d", "settings": {"binWidth": 25},
+                            "params": str(ROOT / "sample_configs" / "pyradiomics_ct.yaml")},
+            "deep": {"backbone": "alexnet", "weights": None, "layer": "fc7", "batch_size": 4},
+        },
+        "experiments": [
+            {"name": "deep-su5-nb", "features": ["deep"], "select": {"method": "su", "k": 5},
+             "classifier": "naive_bayes"},
+            {"name": "both-relieff3+3-rf", "features": ["deep", "handcrafted"],
+             "select": {"method": "relieff", "k_per_route": 3},
+             "classifier": {"name": "random_forest", "n_estimators": 20}},
+            {"name": "too-many", "features": ["handcrafted"], "select": {"method": "su", "k": 100000},
+             "classifier": "naive_bayes"},
+        ],
+        "evaluation": {"scheme": "loo", "seed": 0},
+        "output": "results",
+        "execution": {"n_jobs": 1, "progress": False},
+    }
+    for key, value in over.items():
+        cfg[key] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = load_config(study(tmp))
+    return cfg, run(cfg)
+
+
+def test_every_output_is_written(finished):
+    cfg, res = finished
+    out = cfg.output_dir
+    for name in ("features_deep.csv", "features_handcrafted.csv", "features_deep.provenance.json",
+                 "predictions.csv", "metrics.csv", "metrics.json", "selected_features.csv",
+                 "failures.csv", "delong.csv", "report.html", "config.resolved.yaml",
+                 "environment.json", "crops_contact_sheet.png"):
+        assert (out / name).is_file(), name
+    preds = pd.read_csv(out / "predictions.csv")
+    assert set(preds.experiment) == {"deep-su5-nb", "both-relieff3+3-rf"}
+    assert len(preds[preds.experiment == "deep-su5-nb"]) == 10  # one LOO prediction per case
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert {"auc", "auc_ci_low", "accuracy", "sensitivity", "specificity"} <= set(metrics.columns)
+    deep = pd.read_csv(out / "features_deep.csv", index_col="case_id")
+    assert deep.shape == (10, 4096) and deep.columns[0] == "alexnet_fc7_r_0000"
+    env = json.loads((out / "environment.json").read_text())
+    assert env["packages"]["torch"].startswith("2.13")
+
+
+def test_an_experiment_that_cannot_run_fails_alone(finished):
+    _, res = finished
+    assert "too-many" in res.experiment_errors
+    assert "too-many" not in set(res.metrics.experiment)
+    assert len(res.metrics) == 2
+    html = (res.output_dir / "report.html").read_text()
+    assert "too-many" in html
+
+
+def test_rerun_reuses_every_cache_and_gives_identical_numbers(finished):
+    cfg, res = finished
+    cache_files = {p: p.stat().st_mtime_ns for p in cfg.cache_dir.rglob("*.npz")}
+    assert len(cache_files) == 20  # 10 cases x 2 routes
+    again = run(cfg)
+    assert {p: p.stat().st_mtime_ns for p in cfg.cache_dir.rglob("*.npz")} == cache_files
+    pd.testing.assert_frame_equal(res.metrics, again.metrics)
+    pd.testing.assert_frame_equal(res.predictions, again.predictions)
+
+
+def test_only_evaluate_uses_exported_features(finished, tmp_path):
+    cfg, res = finished
+    again = run(cfg, only="evaluate")
+    pd.testing.assert_series_equal(res.metrics["auc"], again.metrics["auc"])
+
+
+def test_invalid_case_blocks_the_run_unless_skipped(tmp_path):
+    path = study(tmp_path, n_cases=6)
+    manifest = tmp_path / "cohort" / "manifest.csv"
+    df = pd.read_csv(manifest)
+    df.loc[0, "mask"] = "masks/none.nrrd"
+    df.to_csv(manifest, index=False)
+    with pytest.raises(RunError, match=r"case ct000: mask file not found"):
+        run(load_config(path))
+    data = yaml.safe_load(path.read_text())
+    data["cohort"]["on_invalid"] = "skip"
+    data["experiments"] = data["experiments"][:1]
+    data["features"].pop("handcrafted")
+    path.write_text(yaml.safe_dump(data))
+    res = run(load_config(path))
+    assert res.failures.case_id.tolist() == ["ct000"]
+    assert "mask file not found" in res.failures.reason[0]
+    assert len(res.predictions) == 5
+
+
+def test_unwritable_output_is_refused_before_any_computation(tmp_path):
+    path = study(tmp_path, n_cases=4)
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the output folder should be")
+    cfg = load_config(path)
+    cfg.output = blocker / "results"
+    with pytest.raises(RunError, match="is not writable"):
+        run(cfg)
+    assert not (tmp_path / "results").exists()
+
+
+def test_killed_extraction_resumes_without_losing_finished_cases(tmp_path):
+    path = study(tmp_path, n_cases=8)
+    data = yaml.safe_load(path.read_text())
+    data["features"].pop("deep")
+    data["experiments"] = []
+    path.write_text(yaml.safe_dump(data))
+    cache = tmp_path / "results" / "cache" / "handcrafted"
+    proc = subprocess.Popen([sys.executable, "-m", "radiodeep.cli", "run", str(path), "--only", "extract"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.rglob("*.npz"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    assert 2 <= len(done) < 8, "the run should have been killed part-way"
+    res = run(load_config(path), only="extract")
+    assert res.features["handcrafted"].shape[0] == 8
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished work was kept
