@@ -1,0 +1,304 @@
+"""Run a function over cases: serially, in local worker processes, or on a Dask cluster.
+
+:func:`map_cases` yields ``(item, result)`` pairs *as they complete*, so the caller
+can save every finished case at once: a crash or Ctrl-C loses only the cases
+still running. A case that raises yields its exception as the result (never
+raised), so one bad case never stops the others.
+
+* ``backend="local"``, ``n_jobs=1``: in this process, one case after the other.
+* ``backend="local"``, ``n_jobs>1``: a :class:`~concurrent.futures.ProcessPoolExecutor`.
+  At most ``2 * n_jobs`` cases are handed out at a time, so memory stays bounded
+  however large the cohort; the function reads its own inputs inside the worker.
+  A worker that dies (segfault in a C extension, killed for memory) breaks the
+  pool: the cases it may have taken down are rerun one at a time in a fresh
+  process, so the culprit is named and the others still finish.
+* ``backend="dask"``: an *existing* Dask cluster at ``address`` (``tcp://host:8786``).
+  No cluster is started here; the workers must see the same files and have
+  radiodeep installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from collections import deque
+from functools import partial
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from .progress import progress as progress_bar
+
+__all__ = ["map_cases", "WorkerDied", "BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BACKENDS = ("local", "dask")
+
+
+class WorkerDied(RuntimeError):
+    """The process computing a case ended without a result (crash, or killed for memory)."""
+
+
+# --------------------------------------------------------------------------- transport
+class _Raised:
+    """An exception carried back from a worker.
+
+    Exceptions whose ``__init__`` takes other arguments than ``args`` (such as
+    :class:`~radiodeep.errors.CaseError`) do not survive pickling; this carries the
+    class, ``args`` and attributes and rebuilds the exception without calling
+    ``__init__``.
+    """
+
+    def __init__(self, exc: BaseException):
+        self.cls = type(exc)
+        self.args = exc.args
+        self.state = dict(getattr(exc, "__dict__", {}))
+        self.text = f"{type(exc).__name__}: {exc}"
+        self.tb = "".join(traceback.format_exception(exc))
+
+    def __reduce__(self):  # fall back to a plain RuntimeError when the class cannot travel
+        import pickle
+
+        try:
+            pickle.dumps((self.cls, self.args, self.state))
+            return (_Raised._restore, (self.cls, self.args, self.state, self.text, self.tb))
+        except Exception:  # noqa: BLE001
+            return (_Raised._restore, (RuntimeError, (self.text,), {}, self.text, self.tb))
+
+    @staticmethod
+    def _restore(cls, args, state, text, tb):
+        obj = _Raised.__new__(_Raised)
+        obj.cls, obj.args, obj.state, obj.text, obj.tb = cls, args, state, text, tb
+        return obj
+
+    def rebuild(self) -> BaseException:
+        try:
+            exc = self.cls.__new__(self.cls)
+            exc.args = self.args
+            exc.__dict__.update(self.state)
+        except Exception:  # noqa: BLE001
+            exc = RuntimeError(self.text)
+        exc.__cause__ = _RemoteTraceback(self.tb)
+        return exc
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb: str):
+        self.tb = tb
+
+    def __str__(self):
+        return f'\n"""\n{self.tb}"""'
+
+
+def _call(func: Callable, item):
+    """Run ``func(item)`` in a worker; an exception comes back as a value."""
+    try:
+        return func(item)
+    except Exception as err:  # noqa: BLE001 - returned to the caller, with the case
+        return _Raised(err)
+
+
+def _outcome(value):
+    if isinstance(value, _Raised):
+        return value.rebuild()
+    return value
+
+
+# --------------------------------------------------------------------------- public
+def map_cases(func: Callable[[T], Any], items: Iterable[T], *, n_jobs: int = 1,
+              backend: str = "local", address: str | None = None, progress: bool = True,
+              desc: str = "", start_method: str | None = None) -> Iterator[tuple[T, Any]]:
+    """Apply ``func`` to every item; yield ``(item, result_or_exception)`` as each completes.
+
+    ``func`` and the items must pickle for ``n_jobs > 1`` and for Dask (a module-level
+    function or a :func:`functools.partial` of one). Order of completion, not of
+    ``items``. ``KeyboardInterrupt`` stops the workers and propagates.
+    ``start_method`` picks the multiprocessing start method for local workers
+    (default: ``fork`` where the platform has it, else the platform default).
+    """
+    items = list(items)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown execution backend {backend!r}; choose one of {list(BACKENDS)}")
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
+    if not items:
+        return
+    if backend == "dask":
+        if not address:
+            raise ValueError("the dask backend needs a scheduler address (e.g. tcp://scheduler:8786)")
+        gen = _map_dask(func, items, address)
+    elif n_jobs == 1 or len(items) == 1:
+        gen = _map_serial(func, items)
+    else:
+        gen = _map_local(func, items, min(n_jobs, len(items)), start_method)
+    bar = progress_bar(gen, total=len(items), desc=desc, enabled=progress)
+    try:
+        yield from bar
+    finally:
+        close = getattr(bar, "close", None)
+        if close is not None:
+            close()
+        gen.close()
+
+
+# --------------------------------------------------------------------------- serial
+def _map_serial(func, items):
+    for item in items:
+        try:
+            result = func(item)
+        except Exception as err:  # noqa: BLE001 - returned with the case
+            result = err
+        yield item, result
+
+
+# --------------------------------------------------------------------------- local processes
+def _worker_init(threads: int) -> None:
+    # Ctrl-C goes to the whole process group: the parent stops the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # ITK's thread pool: share the cores between workers instead of oversubscribing them
+    # (the variable covers a SimpleITK imported later; no import is paid for here)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, threads))
+    sitk = sys.modules.get("SimpleITK")
+    if sitk is not None:
+        try:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+        except Exception:  # noqa: BLE001 - an optimisation only
+            pass
+
+
+def _context(start_method: str | None):
+    if start_method is None:
+        start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return multiprocessing.get_context(start_method)
+
+
+def _new_pool(n_workers: int, start_method: str | None) -> ProcessPoolExecutor:
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    return ProcessPoolExecutor(max_workers=n_workers, mp_context=_context(start_method),
+                               initializer=_worker_init, initargs=(threads,))
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: drop queued work and end running workers."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.terminate()
+        except Exception:  # noqa: BLE001
+            pass
+    for p in procs:
+        try:
+            p.join(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _map_local(func, items, n_workers: int, start_method: str | None):
+    pending = deque(items)
+    limit = 2 * n_workers  # cases handed out at a time: workers never wait, memory stays bounded
+    while pending:
+        suspects = []
+        pool = _new_pool(n_workers, start_method)
+        finished = False
+        try:
+            inflight: dict = {}
+            while pending or inflight:
+                broken = False
+                while pending and len(inflight) < limit:
+                    try:
+                        fut = pool.submit(_call, func, pending[0])
+                    except BrokenProcessPool:  # broke since the last look: the inflight cases are suspects
+                        broken = True
+                        break
+                    inflight[fut] = pending.popleft()
+                if broken:
+                    suspects.extend(inflight.values())
+                    inflight.clear()
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = inflight.pop(fut)
+                    err = fut.exception()
+                    if isinstance(err, BrokenProcessPool):
+                        suspects.append(item)
+                        broken = True
+                    elif err is not None:
+                        if not isinstance(err, Exception):  # KeyboardInterrupt/SystemExit in a worker
+                            raise err
+                        yield item, err
+                    else:
+                        yield item, _outcome(fut.result())
+                if broken:
+                    suspects.extend(inflight.values())
+                    inflight.clear()
+                    break
+            finished = True
+        finally:
+            if finished and not suspects:
+                pool.shutdown(wait=True)
+            else:
+                _stop(pool)
+        if suspects:
+            log.warning("a worker process died; rerunning the %d case(s) it may have taken down "
+                        "one at a time", len(suspects))
+            for item in suspects:
+                yield item, _run_isolated(func, item, start_method)
+
+
+def _run_isolated(func, item, start_method):
+    pool = _new_pool(1, start_method)
+    try:
+        fut = pool.submit(_call, func, item)
+        err = fut.exception()
+        if isinstance(err, BrokenProcessPool):
+            return WorkerDied("the worker process died while computing this case "
+                              "(a crash in native code, or killed for lack of memory)")
+        if err is not None:
+            if not isinstance(err, Exception):
+                raise err
+            return err
+        return _outcome(fut.result())
+    finally:
+        _stop(pool)
+
+
+# --------------------------------------------------------------------------- dask
+def _map_dask(func, items, address: str):
+    try:
+        from distributed import Client, as_completed
+    except ImportError as err:  # pragma: no cover - dask[distributed] is a dependency
+        raise RuntimeError("the dask backend needs the 'distributed' package") from err
+    try:
+        client = Client(address, set_as_default=False, timeout="30s")
+    except Exception as err:  # noqa: BLE001 - say which address could not be reached
+        raise RuntimeError(f"cannot connect to the Dask scheduler at {address}: {err}") from None
+    futures = []
+    try:
+        futures = client.map(partial(_call, func), items, pure=False)
+        owner = {f.key: item for f, item in zip(futures, items)}
+        for fut in as_completed(futures, loop=client.loop):
+            item = owner[fut.key]
+            if fut.status == "error":
+                err = fut.exception()
+                result = err if isinstance(err, Exception) else WorkerDied(str(err))
+            elif fut.status == "cancelled":
+                result = WorkerDied("the task was cancelled on the Dask cluster")
+            else:
+                result = _outcome(fut.result())
+            fut.release()
+            yield item, result
+    finally:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            try:
+                client.cancel(pending)
+            except Exception:  # noqa: BLE001
+                pass
+        client.close()

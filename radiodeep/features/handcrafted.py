@@ -1,0 +1,480 @@
+"""The handcrafted route: PyRadiomics features, with the researcher's own parameter file.
+
+* The parameter file (``features.handcrafted.params``) is read and used as is;
+  inline ``features.handcrafted.settings`` are merged over its ``setting`` section.
+  PyRadiomics validates the result before any case is read.
+* ``mode: 3d`` runs PyRadiomics over the whole ROI. ``mode: 2d`` runs it on the
+  one slice the ROI stage chooses (``roi.plane``, ``roi.slice``) with ``force2D``;
+  see :func:`mode_params` for what 2D changes. Image filters (LoG, wavelet, ...)
+  run whenever the parameter file enables them.
+* One table per route, indexed by case id, with PyRadiomics' own column names
+  (``original_glcm_Contrast``); PyRadiomics' ``diagnostics_*`` go to a separate
+  table and never to a model.
+* Cases run in parallel (``execution.n_jobs`` local processes or a Dask cluster);
+  every worker reads its own case, so memory is one volume per worker. Each
+  finished case is cached at once (see :mod:`radiodeep.features.store`): a rerun,
+  or a run after a crash or Ctrl-C, computes only what is missing.
+* A case that fails (unreadable input, a PyRadiomics error, an empty ROI after
+  resampling, a NaN or infinite feature value) becomes a
+  :class:`~radiodeep.errors.CaseFailure` with its reason; never a silent NaN.
+
+The ROI label comes from the cohort (``cohort.mask_label`` or the manifest's
+``mask_label`` column): masks are binarised on reading, so a ``label`` in the
+parameter file is overridden. Geometry checks are the cohort's
+(``cohort.geometry_tolerance``, ``cohort.resample_mask``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import logging
+import re
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..cohort import Case, Cohort
+from ..config import CohortConfig, Config, ConfigError, HandcraftedConfig, RoiConfig
+from ..errors import CaseError, CaseFailure
+from ..execution import map_cases
+from ..imageio import read_case_images
+from .store import FeatureStore, RouteResult, file_fingerprint
+
+__all__ = [
+    "ROUTE",
+    "handcrafted_settings",
+    "mode_params",
+    "extract_case",
+    "extract_handcrafted",
+    "pyradiomics_version",
+]
+
+log = logging.getLogger(__name__)
+
+ROUTE = "handcrafted"
+DIAGNOSTICS_PREFIX = "diagnostics_"
+WARNINGS_KEY = "diagnostics_radiodeep_Warnings"  # PyRadiomics' warnings for the case, joined
+CACHE_FORMAT = 1  # bump when what is cached per case changes meaning
+_STAGE = ROUTE
+
+
+# --------------------------------------------------------------------------- PyRadiomics set-up
+@functools.lru_cache(maxsize=1)
+def _radiomics():
+    """Import PyRadiomics once and keep it quiet.
+
+    PyRadiomics attaches its own stderr handler to the ``radiomics`` logger at
+    import. Its messages are captured per case instead (warnings land in the
+    case's diagnostics, errors in the failure reason), so the logger is set to
+    WARNING (no INFO/DEBUG records are even made) and that handler is silenced.
+    Nothing is added to the root logger.
+    """
+    import radiomics
+    from radiomics import featureextractor
+
+    logging.getLogger("radiomics").setLevel(logging.WARNING)
+    radiomics.setVerbosity(logging.CRITICAL)
+    return radiomics, featureextractor
+
+
+def pyradiomics_version() -> str:
+    return str(_radiomics()[0].__version__).lstrip("v")
+
+
+@functools.lru_cache(maxsize=8)
+def _extractor(params_json: str):
+    """A validated extractor, built once per worker process and parameter set."""
+    _, featureextractor = _radiomics()
+    return featureextractor.RadiomicsFeatureExtractor(json.loads(params_json))
+
+
+def _canonical(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- settings
+def handcrafted_settings(cfg: HandcraftedConfig, base_dir: Path | str) -> dict:
+    """The PyRadiomics parameters used: the params file, with inline settings merged over its ``setting``.
+
+    Relative ``cfg.params`` paths are resolved against ``base_dir`` (the config
+    file's folder). The result is validated by PyRadiomics itself; a problem
+    raises :class:`~radiodeep.config.ConfigError` naming the key.
+    """
+    params: dict[str, Any] = {}
+    source = "features.handcrafted"
+    if cfg.params is not None:
+        path = Path(cfg.params).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        source = f"features.handcrafted.params ({path})"
+        params = _read_params_file(path, source)
+    params = copy.deepcopy(params)
+    if cfg.settings:
+        params["setting"] = {**(params.get("setting") or {}), **copy.deepcopy(cfg.settings)}
+    _validate(params, source)
+    return params
+
+
+def _read_params_file(path: Path, source: str) -> dict:
+    if not path.is_file():
+        raise ConfigError([f"{source}: file not found"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is read as well
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError([f"{source}: not a valid YAML/JSON parameter file: {err}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: a PyRadiomics parameter file holds a mapping "
+                           f"(setting, imageType, featureClass), got {type(data).__name__}"])
+    return data
+
+
+def _validate(params: dict, source: str) -> None:
+    try:
+        _extractor(_canonical(params))
+    except Exception as err:  # pykwalify SchemaError, or ValueError for unknown classes/filters
+        raise ConfigError([f"{source}: PyRadiomics rejects the parameters: {p}"
+                           for p in _schema_problems(err)]) from None
+
+
+def _schema_problems(err: Exception) -> list[str]:
+    text = getattr(err, "msg", None) or str(err)
+    lines = [ln.strip()[2:] for ln in str(text).splitlines() if ln.strip().startswith("- ")]
+    if not lines:
+        return [str(text).strip().splitlines()[-1] if str(text).strip() else type(err).__name__]
+    out = []
+    for ln in lines:
+        m = re.match(r"Key '(.+?)' was not defined\. Path: '(.*?)'", ln)
+        if m:
+            key, where = m.groups()
+            section = where.strip("/") or "(top level)"
+            hint = _suggest(key, _schema_keys(where))
+            ln = f"unknown key {key!r} in {section}{hint}"
+        out.append(ln)
+    return out
+
+
+def _schema_keys(path: str) -> list[str]:
+    try:
+        radiomics, _ = _radiomics()
+        schema_file, _ = radiomics.getParameterValidationFiles()
+        node = yaml.safe_load(Path(schema_file).read_text(encoding="utf-8"))
+        for part in [p for p in path.split("/") if p]:
+            node = node["mapping"][part]
+        return list(node.get("mapping", {}))
+    except Exception:  # noqa: BLE001 - a suggestion only
+        return []
+
+
+def _suggest(word: str, options) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def mode_params(params: Mapping[str, Any], mode: str, roi_cfg: RoiConfig | None = None) -> dict:
+    """The parameters PyRadiomics runs with in ``mode``.
+
+    ``3d``: the parameters as given. ``2d`` (one slice chosen by the ROI stage):
+
+    * ``force2D: true`` and ``force2Ddimension`` = the array axis of ``roi.plane``
+      (axial 0, coronal 1, sagittal 2; PyRadiomics counts axes in SimpleITK's
+      array order z, y, x), so texture matrices are 2D;
+    * a ``resampledPixelSpacing`` keeps the through-plane spacing (set to 0), so
+      resampling never spreads the slice over several;
+    * ``minimumROIDimensions`` is at most 2 (a slice has two);
+    * the 3D ``shape`` class is replaced by ``shape2D`` (all its features), unless
+      ``shape2D`` is already enabled.
+    """
+    if mode not in ("3d", "2d"):
+        raise ValueError(f"handcrafted mode must be '3d' or '2d', got {mode!r}")
+    p = copy.deepcopy(dict(params))
+    if mode == "3d":
+        return p
+    from ..roi import plane_axis
+
+    axis = plane_axis((roi_cfg or RoiConfig()).plane)
+    setting = dict(p.get("setting") or {})
+    setting["force2D"] = True
+    setting["force2Ddimension"] = axis
+    spacing = setting.get("resampledPixelSpacing")
+    if spacing:
+        spacing = list(spacing)
+        spacing[len(spacing) - 1 - axis] = 0  # SimpleITK order x, y, z
+        setting["resampledPixelSpacing"] = spacing
+    setting["minimumROIDimensions"] = min(int(setting.get("minimumROIDimensions", 2)), 2)
+    p["setting"] = setting
+    classes = p.get("featureClass")
+    if not classes:  # PyRadiomics: no featureClass section means every class
+        radiomics, _ = _radiomics()
+        classes = {name: [] for name in radiomics.getFeatureClasses()}
+    classes = dict(classes)
+    if "shape" in classes:
+        del classes["shape"]
+        classes.setdefault("shape2D", [])
+    p["featureClass"] = classes
+    return p
+
+
+# --------------------------------------------------------------------------- one case
+class _Capture(logging.Handler):
+    """Collects PyRadiomics' warnings and errors raised in this thread."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        if record.thread == self.thread:
+            self.records.append(record)
+
+    def messages(self, level: int) -> list[str]:
+        out = []
+        for r in self.records:
+            if r.levelno >= level:
+                try:
+                    msg = r.getMessage()
+                except Exception:  # noqa: BLE001
+                    msg = str(r.msg)
+                out.append(msg)
+        return out
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def extract_case(case: Case, params: Mapping[str, Any], mode: str, roi_cfg: RoiConfig | None,
+                 cohort_cfg: CohortConfig | None) -> tuple[dict[str, float], dict[str, str]]:
+    """PyRadiomics features of one case: ``(features, diagnostics)``.
+
+    Reads the image and mask here (so a worker holds one volume), applies
+    :func:`mode_params`, and runs the extractor. Raises
+    :class:`~radiodeep.errors.CaseError` (stage ``handcrafted``) for any problem,
+    including a feature that comes out NaN or infinite (named in the reason).
+    """
+    cid = case.case_id
+    tol = cohort_cfg.geometry_tolerance if cohort_cfg is not None else 1e-3
+    resample = cohort_cfg.resample_mask if cohort_cfg is not None else False
+    run_params = mode_params(params, mode, roi_cfg)
+    try:
+        image, mask = read_case_images(case, tol=tol, resample_mask=resample)
+    except CaseError as err:
+        raise CaseError(cid, err.reason, stage=_STAGE) from None
+    diagnostics: dict[str, str] = {f"{DIAGNOSTICS_PREFIX}radiodeep_Mode": mode}
+    if mode == "2d":
+        from ..roi import slice_mask
+
+        try:
+            mask, index = slice_mask(image, mask, roi_cfg or RoiConfig(), cid, mask_label=1)
+        except CaseError as err:
+            raise CaseError(cid, err.reason, stage=_STAGE) from None
+        diagnostics[f"{DIAGNOSTICS_PREFIX}radiodeep_SliceIndex"] = str(index)
+        diagnostics[f"{DIAGNOSTICS_PREFIX}radiodeep_Plane"] = (roi_cfg or RoiConfig()).plane
+
+    extractor = _extractor(_canonical(run_params))
+    logger = logging.getLogger("radiomics")
+    capture = _Capture()
+    logger.addHandler(capture)
+    try:
+        raw = extractor.execute(image, mask, label=1)
+    except Exception as err:  # noqa: BLE001 - PyRadiomics raises ValueError, SimpleITK RuntimeError
+        said = _last_line(str(err)) or type(err).__name__
+        raise CaseError(cid, f"PyRadiomics failed: {said}", stage=_STAGE) from None
+    finally:
+        logger.removeHandler(capture)
+    del image, mask
+
+    features: dict[str, float] = {}
+    bad: list[str] = []
+    for name, value in raw.items():
+        if name.startswith(DIAGNOSTICS_PREFIX):
+            diagnostics[name] = str(value)
+            continue
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.size != 1:
+                raise ValueError(f"{arr.size} values")
+            v = float(arr.reshape(()))
+        except (TypeError, ValueError) as err:
+            raise CaseError(cid, f"PyRadiomics returned a non-scalar value for {name}: {err}",
+                            stage=_STAGE) from None
+        if not np.isfinite(v):
+            bad.append(f"{name}={v}")
+        features[name] = v
+    if bad:
+        errors = [_last_line(m) for m in capture.messages(logging.ERROR)]
+        said = f"; PyRadiomics said: {errors[-1]}" if errors else ""
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise CaseError(cid, f"non-finite feature value(s): {', '.join(bad[:5])}{more}{said}",
+                        stage=_STAGE)
+    if not features:
+        warned = capture.messages(logging.WARNING)
+        said = f"; PyRadiomics said: {warned[-1]}" if warned else ""
+        raise CaseError(cid, "PyRadiomics computed no features (check featureClass and imageType "
+                             f"in the parameter file){said}", stage=_STAGE)
+    warnings = list(dict.fromkeys(capture.messages(logging.WARNING)))
+    if warnings:
+        diagnostics[WARNINGS_KEY] = " | ".join(warnings)
+    return features, diagnostics
+
+
+# --------------------------------------------------------------------------- the route
+def _store_settings(params: Mapping[str, Any], mode: str, config: Config) -> dict:
+    """What the cached rows depend on; any change here gives a fresh cache folder."""
+    settings = {
+        "cache_format": CACHE_FORMAT,
+        "pyradiomics": pyradiomics_version(),
+        "mode": mode,
+        "params": dict(params),
+        "input": {"geometry_tolerance": config.cohort.geometry_tolerance,
+                  "resample_mask": config.cohort.resample_mask},
+    }
+    if mode == "2d":  # the slice choice matters in 2D only
+        settings["roi"] = {"plane": config.roi.plane, "slice": config.roi.slice}
+    return settings
+
+
+def _fingerprint(case: Case) -> str:
+    return f"{file_fingerprint(case.image, case.mask)}:{case.mask_label}"
+
+
+def _input_size(case: Case) -> int:
+    total = 0
+    for p in (case.image, case.mask):
+        try:
+            p = Path(p)
+            total += sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True) -> RouteResult:
+    """PyRadiomics features for every case of the cohort (route ``handcrafted``).
+
+    Cached cases (same settings, same input files) are read back, the rest are
+    computed (largest inputs first, for balanced workers) and each one cached as
+    soon as it is done. Failed cases are listed in ``failures``, never left as NaN.
+    """
+    hc = config.features.handcrafted
+    if hc is None:
+        raise ValueError("features.handcrafted is not configured")
+    params = handcrafted_settings(hc, config.base_dir)
+    store = FeatureStore(config.cache_dir, ROUTE, _store_settings(params, hc.mode, config))
+    run_params = mode_params(params, hc.mode, config.roi)
+    if run_params != params:
+        _validate(run_params, f"features.handcrafted (mode {hc.mode})")
+
+    rows: dict[str, dict[str, float]] = {}
+    diags: dict[str, dict[str, str]] = {}
+    failures: list[CaseFailure] = []
+    prints = {c.case_id: _fingerprint(c) for c in cohort.cases}
+    todo: list[Case] = []
+    for case in cohort.cases:
+        cached = store.load(case.case_id, prints[case.case_id])
+        if cached is None:
+            todo.append(case)
+            continue
+        rows[case.case_id] = cached
+        try:
+            diags[case.case_id] = store.load_diagnostics(case.case_id)
+        except Exception:  # noqa: BLE001 - diagnostics are informative only
+            diags[case.case_id] = {}
+    n_cached = len(rows)
+    log.info("handcrafted: %d case(s) cached, %d to compute (settings %s)", n_cached, len(todo), store.key)
+
+    todo.sort(key=_input_size, reverse=True)
+    work = functools.partial(extract_case, params=params, mode=hc.mode, roi_cfg=config.roi,
+                             cohort_cfg=config.cohort)
+    ex = config.execution
+    n_computed = 0
+    for case, out in map_cases(work, todo, n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address,
+                               progress=progress, desc="handcrafted features"):
+        if isinstance(out, BaseException):
+            failures.append(CaseFailure.from_error(out, case.case_id, _STAGE))
+            continue
+        feats, diag = out
+        store.save(case.case_id, feats, prints[case.case_id], diag)
+        n_computed += 1
+        rows[case.case_id] = feats
+        diags[case.case_id] = diag
+
+    columns, odd = _reference_columns(rows)
+    for cid, reason in odd.items():
+        failures.append(CaseFailure(cid, _STAGE, reason))
+        rows.pop(cid)
+    order = [c.case_id for c in cohort.cases if c.case_id in rows]
+    index = pd.Index(order, name="case_id", dtype=object)
+    features = pd.DataFrame([[rows[cid][c] for c in columns] for cid in order], index=index,
+                            columns=columns, dtype=np.float64)
+    diagnostics = pd.DataFrame([diags.get(cid, {}) for cid in order], index=index)
+    rank = {c.case_id: i for i, c in enumerate(cohort.cases)}
+    failures.sort(key=lambda f: rank.get(f.case_id, len(rank)))
+
+    provenance = {
+        "route": ROUTE,
+        "pyradiomics_version": pyradiomics_version(),
+        "mode": hc.mode,
+        "params_file": str(config.resolve(hc.params)) if hc.params is not None else None,
+        "params": params,
+        "run_params": run_params,
+        "settings": store.settings,
+        "settings_hash": store.key,
+        "cache_dir": str(store.dir),
+        "n_cases": len(cohort.cases),
+        "n_cached": n_cached,
+        "n_computed": n_computed,
+        "n_failed": len(failures),
+        "execution": {"backend": ex.backend, "n_jobs": ex.n_jobs, "address": ex.address},
+    }
+    warned = [cid for cid in order if diags.get(cid, {}).get(WARNINGS_KEY)]
+    if warned:
+        log.info("handcrafted: PyRadiomics warned on %d case(s), e.g. %s: %s (all in the diagnostics table)",
+                 len(warned), warned[0], diags[warned[0]][WARNINGS_KEY])
+    log.info("handcrafted: %d cases x %d features (%d computed, %d cached, %d failed)",
+             features.shape[0], features.shape[1], provenance["n_computed"], n_cached, len(failures))
+    return RouteResult(ROUTE, features, failures, provenance, diagnostics)
+
+
+def _reference_columns(rows: Mapping[str, Mapping[str, float]]) -> tuple[list[str], dict[str, str]]:
+    """The feature columns of the table, and the cases whose feature set differs.
+
+    With one parameter set every case gets the same features; should PyRadiomics
+    leave some out for a case (it skips a class it cannot compute, with a warning),
+    that case fails rather than carrying NaN columns. The reference is the feature
+    set most cases have.
+    """
+    if not rows:
+        return [], {}
+    sets = Counter(tuple(r.keys()) for r in rows.values())
+    ref = sets.most_common(1)[0][0]
+    ref_set = set(ref)
+    odd = {}
+    for cid, r in rows.items():
+        keys = tuple(r.keys())
+        if keys == ref:
+            continue
+        have = set(keys)
+        if have == ref_set:
+            continue
+        missing = sorted(ref_set - have)
+        extra = sorted(have - ref_set)
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+        if extra:
+            parts.append(f"extra {len(extra)} ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+        odd[cid] = ("feature set differs from the other cases': " + "; ".join(parts)
+                    + " (see diagnostics_radiodeep_Warnings for PyRadiomics' reason)")
+    return list(ref), odd
