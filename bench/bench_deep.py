@@ -1,0 +1,331 @@
+"""Benchmark of the deep route: network throughput against this machine's matmul roofline,
+the pipeline's cost around the network, and memory as the cohort grows.
+
+    uv run python bench/bench_deep.py            # full run
+    uv run python bench/bench_deep.py --quick    # fewer repeats, smaller cohorts
+
+Prints figures; asserts nothing (not a timed test). Targets from issue 5:
+* at batch 64 the network's FLOP/s reach >= 60% of the measured fp32 matmul FLOP/s;
+* the pipeline around the network (reading, cropping, normalisation, batching,
+  writing) adds <= 10% to the network's own time;
+* peak memory stays flat as the cohort grows.
+Weights are random (no ImageNet weights can be fetched here): speed does not depend
+on them. FLOPs are counted with forward hooks (2 x multiply-accumulates of every
+convolution and linear layer up to the tapped layer, fc7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from radiodeep import roi  # noqa: E402
+from radiodeep.cohort import read_manifest  # noqa: E402
+from radiodeep.config import parse_config  # noqa: E402
+from radiodeep.features import deep  # noqa: E402
+from radiodeep.features.backbones import feature_extractor, load_backbone  # noqa: E402
+from radiodeep.features.store import FeatureStore  # noqa: E402
+from radiodeep.synth import make_cohort  # noqa: E402
+
+
+# --------------------------------------------------------------------------- helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def paired_best(fn, matmul, device, min_time: float, min_reps: int) -> tuple[float, float]:
+    """Best seconds per call of ``fn`` and of ``matmul``, measured alternately in one time window.
+
+    Best, not median: other processes on a shared machine only ever slow a call down; and
+    the roofline is taken next to the network, so both see the same machine.
+    """
+    fn()
+    matmul()
+    sync(device)
+    best_fn = best_mm = float("inf")
+    reps = 0
+    start = time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        matmul()
+        sync(device)
+        best_mm = min(best_mm, time.perf_counter() - t)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best_fn = min(best_fn, time.perf_counter() - t)
+        reps += 1
+    return best_fn, best_mm
+
+
+def make_matmul(device: torch.device, n: int):
+    """An fp32 n x n matmul and its FLOPs (the roofline: what this machine's GEMM reaches)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return (lambda: torch.matmul(a, b)), 2.0 * n ** 3
+
+
+def count_flops(model, name: str, layer: str, size: int) -> float:
+    """FLOPs per image up to the tapped layer (2 x MACs of conv and linear layers)."""
+    macs = [0]
+
+    def hook(module, args, out):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += out.numel() // out.shape[0] * k
+        elif isinstance(module, torch.nn.Linear):
+            macs[0] += out.numel() // out.shape[0] * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        feature_extractor(model, name, layer, "post_relu")(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2.0 * macs[0]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms."""
+
+    def __enter__(self):
+        self.base = rss_bytes()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def rise(self) -> int:
+        return self.peak - self.base
+
+
+class Timers:
+    """Wraps the pipeline's stages (module attributes) to time them in place."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._undo = []
+
+    def wrap(self, owner, attr: str, label: str, result_wrapper=None):
+        original = getattr(owner, attr)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                out = original(*a, **k)
+            finally:
+                self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t
+                self.calls[label] = self.calls.get(label, 0) + 1
+            return result_wrapper(out) if result_wrapper else out
+
+        setattr(owner, attr, wrapper)
+        self._undo.append((owner, attr, original))
+
+    def callable_timer(self, label: str, device):
+        def wrap_fn(fn):
+            def timed_fn(*a, **k):
+                t = time.perf_counter()
+                out = fn(*a, **k)
+                sync(device)
+                self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t
+                return out
+            return timed_fn
+        return wrap_fn
+
+    def undo(self):
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+
+
+# --------------------------------------------------------------------------- sections
+def bench_networks(device, n_mat, batches, min_time, min_reps, formats):
+    matmul, mm_flops = make_matmul(device, n_mat)
+    print(f"\n## network throughput on {device} (224 x 224, up to fc7 post-ReLU, {torch.get_num_threads()} threads)")
+    print(f"roofline: fp32 {n_mat} x {n_mat} torch.matmul, timed alternately with each network measurement")
+    print(f"{'network':8} {'format':14} {'batch':>5} {'img/s':>8} {'ms/img':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} "
+          f"{'matmul GFLOP/s':>14} {'of roofline':>11}")
+    results = {}
+    for name in ("alexnet", "vgg16"):
+        model, _ = load_backbone(name, None)
+        flops = count_flops(model, name, "fc7", 224)
+        model.to(device)
+        for fmt in formats:
+            memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+            model.to(memory_format=memory_format)
+            fe = feature_extractor(model, name, "fc7", "post_relu")
+            for b in batches:
+                x = torch.rand(b, 3, 224, 224, device=device).contiguous(memory_format=memory_format)
+                sec, mm_sec = paired_best(lambda: fe(x), matmul, device, min_time, min_reps)
+                ips = b / sec
+                roof = mm_flops / mm_sec
+                results[(name, fmt, b)] = (flops * ips, roof)
+                print(f"{name:8} {fmt:14} {b:5d} {ips:8.1f} {1000 / ips:8.1f} {flops / 1e9:9.2f} "
+                      f"{flops * ips / 1e9:8.1f} {roof / 1e9:14.1f} {100 * flops * ips / roof:10.1f}%")
+        del model
+    best_roof = max(r for _, r in results.values())
+    print(f"highest matmul rate seen: {best_roof / 1e9:.1f} GFLOP/s; against it, batch 64 reaches "
+          + ", ".join(f"{n} {fmt} {100 * results[(n, fmt, 64)][0] / best_roof:.0f}%"
+                      for n in ("alexnet", "vgg16") for fmt in formats if (n, fmt, 64) in results))
+    return results
+
+
+def bench_pipeline(manifest: Path, workdir: Path, sizes, batch: int, threads: int | None,
+                   backbone: str = "alexnet", prefetch: int = 0, warm: bool = True):
+    """extract_deep on phantom cohorts of growing size: stage times and peak memory."""
+    print(f"\n## pipeline: extract_deep, {backbone} fc7, batch {batch}, roi.size 224, phantom CT cohorts, "
+          f"prefetch {prefetch}")
+    import pandas as pd
+
+    full = pd.read_csv(manifest)
+    rows = []
+    for n in ([8] if warm else []) + list(sizes):  # 8: a warm-up run (kernel creation), not reported
+        man = manifest.parent / f"manifest_{n}.csv"  # beside the images: paths are relative
+        full.iloc[:n].to_csv(man, index=False)
+        data = {
+            "cohort": {"manifest": str(man), "positive_label": "short"},
+            "roi": {"size": 224, "crop": "window", "window_px": 56},
+            "features": {"deep": {"backbone": backbone, "weights": None, "layer": "fc7", "batch_size": batch,
+                                  "device": "cpu", "threads": threads}},
+            "output": str(workdir / f"out_{backbone}_{n}_{prefetch}"),
+        }
+        config = parse_config(data, base_dir=workdir)
+        cohort, _ = read_manifest(man, positive_label="short")
+        timers = Timers()
+        timers.wrap(deep, "read_case_images", "read")
+        timers.wrap(roi, "prepare_case", "roi (crop, window, channels)")
+        timers.wrap(FeatureStore, "save", "write (cache)")
+        timers.wrap(deep, "load_backbone", "model load (once)")
+        timers.wrap(deep, "make_normaliser", "normaliser", timers.callable_timer("normalise", torch.device("cpu")))
+        timers.wrap(deep, "feature_extractor", "extractor", timers.callable_timer("network", torch.device("cpu")))
+        try:
+            with PeakRSS() as mem:
+                t = time.perf_counter()
+                res = deep.extract_deep(cohort, config, progress=False, prefetch=prefetch)
+                total = time.perf_counter() - t
+        finally:
+            timers.undo()
+        assert res.features.shape[0] == n, (res, res.failures[:2])
+        if warm and n == 8:
+            continue
+        tt = timers.total
+        net = tt.get("network", 0.0)
+        load = tt.get("model load (once)", 0.0)
+        staged = {k: tt.get(k, 0.0) for k in ("read", "roi (crop, window, channels)", "normalise", "write (cache)")}
+        around = total - load - net
+        other = around - sum(staged.values())
+        no_read = around - staged["read"]
+        rows.append({"backbone": backbone, "n": n, "prefetch": prefetch, "net": net, "around": around,
+                     "no_read": no_read, "rise": mem.rise})
+        print(f"\ncases {n}: total {total:.2f} s = model load {load:.2f} s + network {net:.2f} s "
+              f"({n / net:.1f} img/s) + around the network {around:.2f} s")
+        if prefetch:
+            print("    (stages below run in the prefetch thread, overlapping the network: their sum is not "
+                  "the time they add)")
+        for k, v in staged.items():
+            print(f"    {k:30} {v:7.3f} s  {100 * v / net:6.1f}% of network time  ({1000 * v / n:6.2f} ms/case)")
+        print(f"    {'other (batching, bookkeeping)':30} {other:7.3f} s  {100 * other / net:6.1f}% of network time  "
+              f"({1000 * other / n:6.2f} ms/case)")
+        print(f"  pipeline overhead: {100 * around / net:.1f}% of the network's time"
+              + ("" if prefetch else f" (without reading the files: {100 * no_read / net:.1f}%)"))
+        print(f"  peak memory rise during the run: {mem.rise / 2**20:.0f} MiB "
+              f"(all crops of the cohort held at once would be {n * 3 * 224 * 224 * 4 / 2**20:.0f} MiB)")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller cohorts")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--skip-network", action="store_true")
+    ap.add_argument("--skip-pipeline", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    print("# radiodeep deep-route benchmark" + (" (--quick)" if quick else ""))
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} torch threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    with contextlib.suppress(OSError):
+        print("load average at start:", " ".join(f"{v:.2f}" for v in os.getloadavg()),
+              "(other processes on this machine skew every figure)")
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+        print(f"GPU: {torch.cuda.get_device_name(0)}")
+    else:
+        print("GPU: none on this machine (torch.cuda.is_available() is False): GPU figures not measured")
+
+    n_mat = 2048 if quick else 4096
+    summary = []
+    if not args.skip_network:
+        for device in devices:
+            formats = ["channels_last"] if quick else ["channels_last", "contiguous"]
+            res = bench_networks(device, n_mat, (1, 16, 64), 1.0 if quick else 3.0, 2 if quick else 3, formats)
+            for name in ("alexnet", "vgg16"):
+                net, roof = res[(name, "channels_last", 64)]
+                frac = net / roof
+                summary.append(f"{name} batch 64 on {device}: {net / 1e9:.1f} GFLOP/s = {100 * frac:.0f}% of the "
+                               f"matmul roofline measured beside it ({roof / 1e9:.1f} GFLOP/s; target >= 60%: "
+                               f"{'met' if frac >= 0.6 else 'NOT met'})")
+    if not args.skip_pipeline:
+        sizes = (32, 128) if quick else (64, 256)
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="radiodeep-bench-") as tmp:
+            manifest = make_cohort(Path(tmp) / "cohort", n_cases=max(sizes), seed=0)
+            rows += bench_pipeline(manifest, Path(tmp), sizes, 64, args.threads)
+            rows += bench_pipeline(manifest, Path(tmp), sizes[-1:], 64, args.threads, prefetch=2, warm=False)
+            rows += bench_pipeline(manifest, Path(tmp), (16 if quick else 64,), 16, args.threads,
+                                   backbone="vgg16", warm=False)
+        for r in rows:
+            extra = "" if r["prefetch"] else f" (without file reading {100 * r['no_read'] / r['net']:.0f}%)"
+            summary.append(f"pipeline {r['backbone']}, {r['n']} cases, prefetch {r['prefetch']}: overhead "
+                           f"{100 * r['around'] / r['net']:.0f}% of network time{extra} (target <= 10%); "
+                           f"peak memory rise {r['rise'] / 2**20:.0f} MiB")
+        flat = [r for r in rows if r["backbone"] == "alexnet" and r["prefetch"] == 0]
+        if len(flat) >= 2:
+            small, large = flat[0], flat[-1]
+            summary.append(f"memory: {large['n'] // small['n']}x the cases -> peak rise {small['rise'] / 2**20:.0f} "
+                           f"MiB vs {large['rise'] / 2**20:.0f} MiB")
+    print("\n## summary")
+    for line in summary:
+        print(" -", line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,481 @@
+"""Backbones for the deep route: an explicit registry, weight resolution, layer taps.
+
+Nothing here ever downloads. A torchvision weights name (``IMAGENET1K_V1``) is looked
+up in the torch hub cache (``torch.hub.get_dir()/checkpoints``) and read with
+``torch.load(weights_only=True)``; when the file is absent, :class:`WeightsNotFound`
+says which file is missing, where to put it and where to fetch it. A local
+``.pth``/``.pt`` file is read the same way; a MatConvNet ``.mat`` file builds the
+CNN-F network of the published experiments (:mod:`radiodeep.features.matconvnet`).
+
+A layer is named by an alias (``fc6``, ``fc7``, ``penultimate``) or a module path
+(``features.10``). :class:`LayerTap` captures that module's output (or, for
+``penultimate``, the input of the classification head) and stops the forward pass
+there, so nothing after the tapped layer is computed. ``post_relu`` is the ReLU of
+the tapped value, exactly what the network's own ReLU after that layer produces.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "Tap",
+    "WeightsSource",
+    "WeightsNotFound",
+    "WeightsError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "get_spec",
+    "resolve_layer",
+    "resolve_weights",
+    "weights_identity",
+    "weights_provenance",
+    "load_backbone",
+    "LayerTap",
+    "FeatureExtractor",
+    "feature_extractor",
+    "make_normaliser",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SEED = 0
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Tap:
+    """Where a layer's features are read.
+
+    ``path``: module path in the model; ``where``: its ``output`` or (for a head) its
+    ``input``; ``relu``: the module path of the ReLU that follows in the network, or
+    None where the tapped value already is a ReLU's output (only ``post_relu`` exists).
+    """
+
+    path: str
+    where: Literal["output", "input"] = "output"
+    relu: str | None = None
+    post_relu_only: bool = False
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: Literal["torchvision", "matconvnet"]
+    layers: Mapping[str, Tap]
+    normalisation: Literal["imagenet", "matconvnet"] = "imagenet"
+    key_fixer: Callable[[dict], dict] | None = field(default=None, compare=False)
+    min_size: int = 32
+
+
+_DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _densenet_keys(sd: dict) -> dict:
+    # the published densenet checkpoints use the legacy keys 'norm.1', 'conv.2', ... (as torchvision fixes them)
+    return {(_DENSE_KEY.sub(r"\1\2", k)): v for k, v in sd.items()}
+
+
+def _alexnet_like(fc6: str, relu6: str, fc7: str, relu7: str) -> dict[str, Tap]:
+    t6, t7 = Tap(fc6, relu=relu6), Tap(fc7, relu=relu7)
+    return {"fc6": t6, "fc7": t7, "penultimate": t7}
+
+
+def _pooled_head(head: str) -> dict[str, Tap]:
+    # the input of the classification layer: global average of a ReLU's output
+    return {"penultimate": Tap(head, where="input", post_relu_only=True)}
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "alexnet": BackboneSpec("alexnet", "torchvision",
+                            _alexnet_like("classifier.1", "classifier.2", "classifier.4", "classifier.5"),
+                            min_size=63),
+    "vgg16": BackboneSpec("vgg16", "torchvision",
+                          _alexnet_like("classifier.0", "classifier.1", "classifier.3", "classifier.4")),
+    "vgg19": BackboneSpec("vgg19", "torchvision",
+                          _alexnet_like("classifier.0", "classifier.1", "classifier.3", "classifier.4")),
+    "resnet18": BackboneSpec("resnet18", "torchvision", _pooled_head("fc")),
+    "resnet50": BackboneSpec("resnet50", "torchvision", _pooled_head("fc")),
+    "densenet121": BackboneSpec("densenet121", "torchvision", _pooled_head("classifier"),
+                                key_fixer=_densenet_keys, min_size=29),
+    # MatConvNet imagenet-vgg-f.mat (Chatfield et al. 2014), the network of the published studies
+    "cnn_f": BackboneSpec("cnn_f", "matconvnet", _alexnet_like("fc6", "relu6", "fc7", "relu7"),
+                          normalisation="matconvnet", min_size=224),
+}
+
+
+def _suggest(word: str, options) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}{_suggest(name, BACKBONES)}; "
+                         f"choose one of {sorted(BACKBONES)}") from None
+
+
+def resolve_layer(spec: BackboneSpec, layer: str, activation: str = "post_relu") -> Tap:
+    """The tap for an alias or a module path; checks that the activation is defined there."""
+    if activation not in ("pre_relu", "post_relu"):
+        raise ValueError(f"activation must be 'pre_relu' or 'post_relu', got {activation!r}")
+    tap = spec.layers.get(layer)
+    if tap is None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", layer):
+            raise ValueError(f"layer {layer!r} of {spec.name} is neither an alias {sorted(spec.layers)} "
+                             "nor a module path such as 'features.10'")
+        tap = Tap(layer)  # a module path: its output as is (pre_relu) or max(0, output) (post_relu)
+    if tap.post_relu_only and activation == "pre_relu":
+        raise ValueError(f"layer {layer!r} of {spec.name} is the pooled output of a ReLU: only "
+                         "activation 'post_relu' is defined there (pre-ReLU values exist for fc6/fc7 of "
+                         "alexnet, vgg16, vgg19, cnn_f, or for a module path)")
+    return tap
+
+
+# --------------------------------------------------------------------------- weights
+class WeightsError(ValueError):
+    """A weights file that cannot be used (wrong model, damaged, wrong format)."""
+
+
+class WeightsNotFound(FileNotFoundError):
+    """ImageNet weights are not on this machine; the message says how to get them."""
+
+    def __init__(self, message: str, *, path: Path | None = None, url: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.url = url
+
+    def __str__(self) -> str:  # FileNotFoundError would print only the first argument's repr
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's weights come from (resolved, not yet read)."""
+
+    kind: Literal["torchvision", "file", "matconvnet", "random"]
+    backbone: str
+    name: str | None = None  # torchvision enum, e.g. 'AlexNet_Weights.IMAGENET1K_V1'
+    path: Path | None = None
+    url: str | None = None
+
+
+_PATH_SUFFIXES = (".pth", ".pt", ".bin", ".mat", ".tar")
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.lower().endswith(_PATH_SUFFIXES) or "/" in s or "\\" in s or s.startswith("~")
+
+
+def hub_checkpoint_dir() -> Path:
+    """The folder where torchvision weights are looked for (``torch.hub.get_dir()/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights(backbone: str, weights: str | Path | None, base_dir: Path | str | None = None
+                    ) -> WeightsSource:
+    """Resolve a ``weights`` setting to a file (or random init) without reading it.
+
+    Raises :class:`WeightsNotFound` for torchvision weights absent from the hub cache
+    and for a missing local file; ``ValueError`` for a name that does not exist.
+    """
+    spec = get_spec(backbone)
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("", "none", "null", "random")):
+        if spec.family == "matconvnet":
+            raise ValueError(f"backbone {backbone!r} is read from a MatConvNet file: set "
+                             "features.deep.weights to the path of imagenet-vgg-f.mat")
+        return WeightsSource("random", backbone)
+    if isinstance(weights, Path) or _looks_like_path(str(weights)):
+        p = Path(weights).expanduser()
+        if not p.is_absolute() and base_dir is not None:
+            p = Path(base_dir) / p
+        is_mat = p.suffix.lower() == ".mat"
+        if spec.family == "matconvnet" and not is_mat:
+            raise ValueError(f"backbone {backbone!r} needs a MatConvNet .mat file (imagenet-vgg-f.mat), got {p}")
+        if spec.family != "matconvnet" and is_mat:
+            raise ValueError(f"a MatConvNet .mat file builds backbone 'cnn_f', not {backbone!r}: "
+                             f"set features.deep.backbone: cnn_f to use {p}")
+        if not p.is_file():
+            raise WeightsNotFound(f"weights file for {backbone} not found: {p}", path=p)
+        return WeightsSource("matconvnet" if is_mat else "file", backbone, path=p.resolve())
+    if spec.family == "matconvnet":
+        raise ValueError(f"backbone {backbone!r} has no torchvision weights; set features.deep.weights "
+                         "to the path of imagenet-vgg-f.mat (from https://www.vlfeat.org/matconvnet/pretrained/)")
+    return _resolve_torchvision(backbone, str(weights).strip())
+
+
+def _resolve_torchvision(backbone: str, name: str) -> WeightsSource:
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(backbone)
+    short = name.split(".", 1)[1] if name.startswith(enum.__name__ + ".") else name
+    try:
+        w = enum[short]
+    except KeyError:
+        names = [m for m in enum.__members__]
+        raise ValueError(f"{backbone} has no torchvision weights {name!r}{_suggest(short, names)}; "
+                         f"available: {names}, a local .pth file, or null") from None
+    if backbone.startswith("vgg") and w.name == "IMAGENET1K_FEATURES":
+        raise ValueError(f"{backbone} weights {w.name} hold trained convolutions only (the fully connected "
+                         "layers are NaN); use IMAGENET1K_V1 for fc6/fc7 features")
+    filename = w.url.rsplit("/", 1)[-1]
+    folder = hub_checkpoint_dir()
+    path = folder / filename
+    full = f"{enum.__name__}.{w.name}"
+    if not path.is_file():
+        raise WeightsNotFound(
+            f"ImageNet weights {full} for {backbone} are not on this machine (radiodeep never downloads).\n"
+            f"  missing file:  {path}\n"
+            f"  put it into:   {folder}/  (torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it)\n"
+            f"  fetch it from: {w.url}  (on a machine with internet, e.g. curl -LO {w.url})\n"
+            f"or point features.deep.weights at a local copy (weights: /path/to/{filename}), "
+            "or set weights: null for random weights (for testing only: those are not ImageNet features)",
+            path=path, url=w.url)
+    return WeightsSource("torchvision", backbone, name=full, path=path, url=w.url)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # keyed by size and mtime: an edited file is rehashed
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def weights_identity(src: WeightsSource) -> dict[str, Any]:
+    """What identifies the weights' values (the cache key part); checks hub files' hashes."""
+    if src.kind == "random":
+        # torch's initialisers may change between versions: the version is part of the identity
+        return {"kind": "random", "seed": RANDOM_SEED, "torch": torch.__version__.split("+")[0]}
+    digest = file_sha256(src.path)
+    if src.kind == "torchvision":
+        m = torch.hub.HASH_REGEX.search(src.path.name)
+        if m and not digest.startswith(m.group(1)):
+            raise WeightsError(
+                f"weights file {src.path} is damaged or not the published file: its sha256 {digest[:12]}... "
+                f"does not start with {m.group(1)!r} as its name promises; delete it and fetch it again from {src.url}")
+    out = {"kind": src.kind, "file": src.path.name, "sha256": digest}
+    if src.name:
+        out["name"] = src.name
+    return out
+
+
+def weights_provenance(src: WeightsSource) -> dict[str, Any]:
+    """The identity of the weights plus where they were read from (path, URL)."""
+    out = weights_identity(src)
+    if src.path is not None:
+        out["path"] = str(src.path)
+    if src.url:
+        out["url"] = src.url
+    return out
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle/zip errors of many kinds
+        raise WeightsError(f"cannot read weights file {path} with torch.load(weights_only=True): "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
+    sd = {}
+    for k, v in obj.items():
+        k = k[len("module."):] if k.startswith("module.") else k  # saved from DataParallel
+        sd[k] = v.float() if v.is_floating_point() else v
+    return sd
+
+
+def _build_torchvision(name: str, state_dict: dict | None) -> nn.Module:
+    from torchvision.models import get_model_builder
+
+    builder = get_model_builder(name)
+    if state_dict is None:
+        # random init, reproducible, without disturbing the caller's random state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            return builder(weights=None)
+    with torch.device("meta"):  # no wasted random init: the file's tensors are assigned
+        model = builder(weights=None)
+    return _load_into(model, state_dict, name)
+
+
+def _load_into(model: nn.Module, sd: dict, name: str) -> nn.Module:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"shape mismatch, e.g. {shapes[:2]}")
+        raise WeightsError(f"the weights file does not fit torchvision {name}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def load_backbone(name: str, weights: str | Path | None, base_dir: Path | str | None = None
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """The model in eval mode (no gradients) and the provenance of its weights."""
+    spec = get_spec(name)
+    src = resolve_weights(name, weights, base_dir)
+    prov = weights_provenance(src)
+    if spec.family == "matconvnet":
+        from .matconvnet import load_simplenn
+
+        model, meta = load_simplenn(src.path)
+        prov["matconvnet"] = meta
+    else:
+        sd = None
+        if src.kind != "random":
+            sd = _read_state_dict(src.path)
+            if spec.key_fixer is not None:
+                sd = spec.key_fixer(sd)
+        model = _build_torchvision(name, sd)
+        if src.kind == "random":
+            log.warning("deep features of %s come from RANDOM weights (weights: null, seed %d): they are "
+                        "not ImageNet features; use them for testing only", name, RANDOM_SEED)
+    model.eval()
+    model.requires_grad_(False)
+    return model, prov
+
+
+# --------------------------------------------------------------------------- taps
+class _TapReached(Exception):
+    """Raised inside a hook to end the forward pass at the tapped layer."""
+
+
+class LayerTap:
+    """Capture one module's output (or input) and stop the forward pass there.
+
+    The hook is in place only during a call, so several taps on one model never meet.
+    The first call of the module in a forward pass is the one captured.
+    """
+
+    def __init__(self, model: nn.Module, path: str, where: Literal["output", "input"] = "output"):
+        try:
+            self.module = model.get_submodule(path)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            raise ValueError(f"the model has no module {path!r}{_suggest(path, names)}; "
+                             f"module paths include {names[-8:]}") from None
+        self.model = model
+        self.path = path
+        self.where = where
+        self._value: torch.Tensor | None = None
+
+    def _on_output(self, module, args, output):
+        self._value = output
+        raise _TapReached
+
+    def _on_input(self, module, args):
+        self._value = args[0]
+        raise _TapReached
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._value = None
+        if self.where == "output":
+            handle = self.module.register_forward_hook(self._on_output)
+        else:
+            handle = self.module.register_forward_pre_hook(self._on_input)
+        try:
+            self.model(x)
+        except _TapReached:
+            pass
+        finally:
+            handle.remove()
+        value, self._value = self._value, None
+        if value is None:
+            raise RuntimeError(f"the forward pass never reached module {self.path!r}")
+        return value
+
+
+class FeatureExtractor:
+    """A batch ``(N, 3, H, W)`` (already normalised) -> features ``(N, D)``."""
+
+    def __init__(self, model: nn.Module, backbone: str, layer: str, activation: str):
+        spec = get_spec(backbone)
+        self.tap_spec = resolve_layer(spec, layer, activation)
+        self.backbone = backbone
+        self.layer = layer
+        self.activation = activation
+        self.tap = LayerTap(model, self.tap_spec.path, self.tap_spec.where)
+
+    @property
+    def module_path(self) -> str:
+        return self.tap_spec.path
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.tap(x).flatten(1)
+            if self.activation == "post_relu" and not self.tap_spec.post_relu_only:
+                out = torch.relu(out)
+            return out
+
+
+def feature_extractor(model: nn.Module, name: str, layer: str, activation: str) -> FeatureExtractor:
+    return FeatureExtractor(model, name, layer, activation)
+
+
+# --------------------------------------------------------------------------- input
+def make_normaliser(model: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """In-place input normalisation for a batch of crops in [0, 1] (``(N, 3, H, W)``).
+
+    torchvision backbones: ImageNet mean/std. cnn_f: 0-255 range minus the network's
+    average image (MatConvNet's ``meta.normalization.averageImage``).
+    """
+    spec = get_spec(name)
+    if spec.normalisation == "matconvnet":
+        avg = model.average_image  # (3, h, w) buffer; h = w = 1 for a mean colour
+
+        def mcn(x: torch.Tensor) -> torch.Tensor:
+            if avg.shape[-1] != 1 and tuple(avg.shape[-2:]) != tuple(x.shape[-2:]):
+                raise ValueError(f"{name}: the average image is {tuple(avg.shape[-2:])} pixels but the crops are "
+                                 f"{tuple(x.shape[-2:])}; set roi.size: {avg.shape[-1]}")
+            return x.mul_(255.0).sub_(avg.to(x.device, x.dtype))
+
+        return mcn
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def imagenet(x: torch.Tensor) -> torch.Tensor:
+        return x.sub_(mean.to(x.device, x.dtype)).div_(std.to(x.device, x.dtype))
+
+    return imagenet
+
+
+def normalisation_provenance(name: str) -> dict[str, Any]:
+    if get_spec(name).normalisation == "matconvnet":
+        return {"scheme": "matconvnet", "range": [0, 255], "subtract": "meta.normalization.averageImage"}
+    return {"scheme": "imagenet", "range": [0, 1], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}

@@ -1,0 +1,230 @@
+"""The deep route end to end on tiny real files: names, cache and resume, channels, pooling, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_case, write_manifest
+from radiodeep import roi
+from radiodeep.cohort import read_manifest
+from radiodeep.config import parse_config
+from radiodeep.features.backbones import WeightsNotFound, feature_extractor, load_backbone, make_normaliser
+from radiodeep.features.deep import deep_settings, extract_deep, feature_names
+from radiodeep.features.store import export_csv
+from radiodeep.imageio import read_case_images
+
+N_CASES = 3
+
+
+@pytest.fixture(scope="module")
+def cohort_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deep")
+    rows = []
+    for i in range(N_CASES):
+        ip, mp = tiny_case(tmp / "data", f"c{i}", seed=i)
+        rows.append({"case_id": f"c{i}", "image": str(ip), "mask": str(mp), "label": "ab"[i % 2]})
+    ip, mp = tiny_case(tmp / "data", "empty", empty=True)
+    bad = rows + [{"case_id": "empty", "image": str(ip), "mask": str(mp), "label": "a"}]
+    return write_manifest(tmp / "cohort.csv", rows), write_manifest(tmp / "with_bad.csv", bad)
+
+
+def _setup(tmp_path, manifest, roi_cfg=None, **deep):
+    """Config and cohort; alexnet fc7 with random weights unless told otherwise."""
+    data = {
+        "cohort": {"manifest": str(manifest), "positive_label": "b"},
+        "roi": {"size": 64, "window_px": 16, **(roi_cfg or {})},
+        "features": {"deep": {"backbone": "alexnet", "weights": None, "device": "cpu", "batch_size": 8, **deep}},
+        "output": str(tmp_path / "out"),
+    }
+    config = parse_config(data, base_dir=tmp_path)
+    cohort, problems = read_manifest(manifest, positive_label="b")
+    return config, cohort
+
+
+def _views(config, cohort, case_id):
+    case = next(c for c in cohort.cases if c.case_id == case_id)
+    image, mask = read_case_images(case)
+    return roi.prepare_case(image, mask, config.roi, config.features.deep.channels, case_id)
+
+
+# the mechanics (cache, pooling, batching, failures) run on resnet18, cheaper to build than alexnet
+FAST = {"backbone": "resnet18", "layer": "penultimate"}
+
+
+def _direct(crops: np.ndarray, backbone="alexnet", layer="fc7", activation="post_relu"):
+    """Features of crops (n, 3, S, S) in [0, 1] fed straight to the (seeded random) network."""
+    model, _ = load_backbone(backbone, None)
+    x = make_normaliser(model, backbone)(torch.from_numpy(np.array(crops, dtype=np.float32)))
+    return feature_extractor(model, backbone, layer, activation)(x).numpy().astype(np.float64)
+
+
+def test_table_names_index_and_provenance(tmp_path, cohort_files):
+    config, cohort = _setup(tmp_path, cohort_files[0])
+    res = extract_deep(cohort, config, progress=False)
+    assert res.route == "deep" and not res.failures
+    assert list(res.features.index) == ["c0", "c1", "c2"] and res.features.index.name == "case_id"
+    assert res.features.shape == (3, 4096)
+    assert res.features.columns[0] == "alexnet_fc7_r_0000"
+    assert res.features.columns[-1] == "alexnet_fc7_r_4095"
+    assert np.isfinite(res.features.to_numpy()).all() and (res.features.to_numpy() >= 0).all()
+    prov = res.provenance
+    assert prov["backbone"] == "alexnet" and prov["layer"] == "fc7" and prov["module"] == "classifier.4"
+    assert prov["activation"] == "post_relu" and prov["channels"] == "r"
+    assert prov["weights"]["kind"] == "random"
+    assert prov["roi"]["crop"] == "window" and prov["roi"]["window_px"] == 16 and prov["roi"]["size"] == 64
+    assert prov["normalisation"]["scheme"] == "imagenet"
+    assert prov["cache"]["computed"] == 3 and prov["cache"]["cached"] == 0
+    out = export_csv(res.features, tmp_path / "features_deep.csv", prov)
+    written = json.loads(out.with_suffix(".provenance.json").read_text())
+    assert written["backbone"] == "alexnet" and written["weights"]["kind"] == "random"
+    assert written["n_features"] == 4096
+
+
+def test_outputs_identical_across_runs_and_cache_resumes(tmp_path, cohort_files, monkeypatch):
+    config, cohort = _setup(tmp_path / "a", cohort_files[0])
+    first = extract_deep(cohort, config, progress=False)
+    other, _ = _setup(tmp_path / "b", cohort_files[0])  # a fresh cache: computed again
+    second = extract_deep(cohort, other, progress=False)
+    assert other.cache_dir != config.cache_dir
+    assert np.array_equal(first.features.to_numpy(), second.features.to_numpy())
+
+    calls = []
+    original = roi.prepare_case
+    monkeypatch.setattr(roi, "prepare_case", lambda *a, **k: calls.append(a[4]) or original(*a, **k))
+    cached = extract_deep(cohort, config, progress=False)
+    assert calls == [] and cached.provenance["cache"] == {**cached.provenance["cache"], "cached": 3, "computed": 0}
+    assert np.array_equal(cached.features.to_numpy(), first.features.to_numpy())
+
+    # an interrupted run: one case's entry is missing -> only that case is computed again
+    store_dir = config.cache_dir / "deep" / first.provenance["cache"]["key"]
+    (store_dir / "c1.npz").unlink()
+    resumed = extract_deep(cohort, config, progress=False)
+    assert calls == ["c1"]
+    assert resumed.provenance["cache"]["computed"] == 1 and resumed.provenance["cache"]["cached"] == 2
+    np.testing.assert_allclose(resumed.features.to_numpy(), first.features.to_numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_r_strategy_equals_feeding_x_0_0(tmp_path, cohort_files):
+    config, cohort = _setup(tmp_path, cohort_files[0])
+    res = extract_deep(cohort, config, progress=False)
+    views = _views(config, cohort, "c2")
+    grey = views.grey  # (n_slices, S, S) in [0, 1]
+    crops = np.zeros((grey.shape[0], 3) + grey.shape[1:], np.float32)
+    crops[:, 0] = grey
+    np.testing.assert_array_equal(views.views["r"], crops)
+    expect = _direct(crops).mean(axis=0)
+    np.testing.assert_allclose(res.features.loc["c2"].to_numpy(), expect, rtol=1e-4, atol=1e-6)
+
+
+def test_each_gives_three_sets_named_by_channel(tmp_path, cohort_files):
+    config, cohort = _setup(tmp_path, cohort_files[0], channels="each", layer="fc6", activation="pre_relu")
+    res = extract_deep(cohort, config, progress=False)
+    assert res.features.shape == (3, 3 * 4096)
+    for tag in "rgb":
+        assert f"alexnet_fc6_{tag}_0000" in res.features.columns
+        assert f"alexnet_fc6_{tag}_4095" in res.features.columns
+    assert (res.features.to_numpy() < 0).any()  # pre-ReLU values
+    r_only, _ = _setup(tmp_path / "r", cohort_files[0], channels="r", layer="fc6", activation="pre_relu")
+    r_res = extract_deep(cohort, r_only, progress=False)
+    r_cols = [c for c in res.features.columns if c.startswith("alexnet_fc6_r_")]
+    np.testing.assert_allclose(res.features[r_cols].to_numpy(), r_res.features.to_numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(res.features[r_cols].to_numpy(),
+                           res.features[[c.replace("_r_", "_g_") for c in r_cols]].to_numpy())
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_slices_are_pooled_per_case(tmp_path, cohort_files, pooling):
+    config, cohort = _setup(tmp_path, cohort_files[0], roi_cfg={"slice": "all"}, slice_pooling=pooling,
+                            batch_size=3, **FAST)  # batches cut across cases
+    res = extract_deep(cohort, config, progress=False)
+    views = _views(config, cohort, "c1")
+    assert views.n_slices == 4
+    per_slice = _direct(views.views["r"], **FAST)
+    expect = per_slice.mean(axis=0) if pooling == "mean" else per_slice.max(axis=0)
+    np.testing.assert_allclose(res.features.loc["c1"].to_numpy(), expect, rtol=1e-4, atol=1e-6)
+    assert res.diagnostics.loc["c1", "deep_slices"] == ";".join(str(s) for s in views.slice_indices)
+
+
+def test_batch_size_does_not_change_the_values(tmp_path, cohort_files):
+    one, cohort = _setup(tmp_path / "1", cohort_files[0], batch_size=1, **FAST)
+    many, _ = _setup(tmp_path / "64", cohort_files[0], batch_size=64, **FAST)
+    assert deep_settings(one) == deep_settings(many)  # same cache key
+    a = extract_deep(cohort, one, progress=False).features.to_numpy()
+    b = extract_deep(cohort, many, progress=False).features.to_numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
+    config, cohort = _setup(tmp_path, cohort_files[1], **FAST)
+    qc = []
+    res = extract_deep(cohort, config, progress=False, qc=qc)
+    assert list(res.features.index) == ["c0", "c1", "c2"]
+    assert len(res.failures) == 1
+    f = res.failures[0]
+    assert f.case_id == "empty" and f.stage == "deep" and "empty" in f.reason
+    assert [c for c, _ in qc] == ["c0", "c1", "c2"]
+    assert all(g.shape == (64, 64) for _, g in qc)
+    qc2 = []
+    again = extract_deep(cohort, config, progress=False, qc=qc2)  # cached cases still give QC crops
+    assert again.provenance["cache"]["cached"] == 3 and [c for c, _ in qc2] == ["c0", "c1", "c2"]
+    assert len(again.failures) == 1
+
+
+def test_non_finite_features_fail_the_case(tmp_path, cohort_files, monkeypatch):
+    original = roi.prepare_case
+
+    def poisoned(image, mask, roi_cfg, channels, case_id, **kw):
+        views = original(image, mask, roi_cfg, channels, case_id, **kw)
+        if case_id == "c1":
+            views.views["r"][:] = np.nan
+        return views
+
+    monkeypatch.setattr(roi, "prepare_case", poisoned)
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    res = extract_deep(cohort, config, progress=False)
+    assert list(res.features.index) == ["c0", "c2"]
+    assert [(f.case_id, f.stage) for f in res.failures] == [("c1", "deep")]
+    assert "not finite" in res.failures[0].reason
+
+
+def test_settings_key_tracks_what_changes_the_values(tmp_path, cohort_files):
+    base, _ = _setup(tmp_path, cohort_files[0])
+    key = deep_settings(base)
+    for roi_cfg, deep in (({"size": 96}, {}), ({}, {"layer": "fc6"}), ({}, {"activation": "pre_relu"}),
+                          ({}, {"channels": "grey3"}), ({}, {"slice_pooling": "max"})):
+        other, _ = _setup(tmp_path, cohort_files[0], roi_cfg=roi_cfg, **deep)
+        assert deep_settings(other) != key, (roi_cfg, deep)
+    same, _ = _setup(tmp_path, cohort_files[0], threads=1, batch_size=3)
+    assert deep_settings(same) == key
+
+
+def test_missing_weights_fail_before_any_case(tmp_path, cohort_files, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    config, cohort = _setup(tmp_path, cohort_files[0], weights="IMAGENET1K_V1")
+    with pytest.raises(WeightsNotFound, match="alexnet-owt-7be5be79.pth"):
+        extract_deep(cohort, config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cnn_f_needs_its_input_size(tmp_path, cohort_files):
+    from test_backbones import write_fake_cnn_f
+
+    write_fake_cnn_f(tmp_path / "imagenet-vgg-f.mat")
+    config, cohort = _setup(tmp_path, cohort_files[0], backbone="cnn_f", weights="imagenet-vgg-f.mat")
+    with pytest.raises(ValueError, match="roi.size"):
+        extract_deep(cohort, config, progress=False)
+    config, cohort = _setup(tmp_path, cohort_files[0], roi_cfg={"size": 224}, backbone="cnn_f",
+                            weights="imagenet-vgg-f.mat")
+    res = extract_deep(cohort, config, progress=False)
+    assert res.features.shape == (3, 16) and res.features.columns[0] == "cnn_f_fc7_r_0000"
+    assert res.provenance["weights"]["kind"] == "matconvnet"
+    assert res.provenance["normalisation"]["scheme"] == "matconvnet"
+
+
+def test_feature_names_are_stable():
+    assert feature_names("vgg16", "fc7", "g", 3) == ["vgg16_fc7_g_0000", "vgg16_fc7_g_0001", "vgg16_fc7_g_0002"]
+    assert feature_names("alexnet", "features.10", "r", 43264)[-1] == "alexnet_features-10_r_43263"
