@@ -197,7 +197,8 @@ def bench_cohort(title: str, inp: dict, repeats: int, rows: list, jobs: int = 2)
             shutil.rmtree(cache, ignore_errors=True)
         return measure({**inp, "kind": "radiodeep", "jobs": j, "cache": cache})
 
-    print(f"\n[{title}: {n} cases]", flush=True)
+    cap = measure({"kind": "capacity"}).get("ratio", float("nan"))
+    print(f"\n[{title}: {n} cases]  machine parallel capacity now: {cap:.2f}x", flush=True)
     direct, serial = [], []
     for _ in range(repeats):  # interleaved, to share the machine's ups and downs
         direct.append(measure({**inp, "kind": "direct"}))
@@ -227,7 +228,7 @@ def bench_cohort(title: str, inp: dict, repeats: int, rows: list, jobs: int = 2)
             extra += f"  ({r['n_features']} features)"
         print(f"  {name:36s} {w / n:8.3f} {w / ref if ref else float('nan'):10.2f} {thr:>11s} "
               f"{_mb(r['worker_peak_kb']):13.0f} MB{extra}", flush=True)
-    rows.append((title, results))
+    rows.append((title, results, cap))
     return results
 
 
@@ -287,7 +288,7 @@ def main(argv=None):
               flush=True)
 
     print("\n[targets]")
-    for title, res in rows:
+    for title, res, cap_now in rows:
         d = res["PyRadiomics, direct calls (serial)"].get("wall")
         s = res["radiodeep n_jobs=1"].get("wall")
         p = res[f"radiodeep n_jobs={args.jobs}"].get("wall")
@@ -295,7 +296,7 @@ def main(argv=None):
             print(f"  {title}: radiodeep serial / PyRadiomics direct = {s / d:.3f} (target <= 1.10)")
         if s and p:
             print(f"  {title}: n_jobs={args.jobs} throughput = {s / p:.2f}x serial (target >= 1.8; "
-                  f"machine capacity {cap.get('ratio', float('nan')):.2f}x)")
+                  f"the machine's capacity then: {cap_now:.2f}x)")
     if all("error" not in mem[n] for n in mem):
         a, b = (mem[n]["worker_peak_kb"] for n in (n_ph, n_big))
         print(f"  peak RSS per worker: {n_ph} cases {_mb(a):.0f} MB, {n_big} cases {_mb(b):.0f} MB "

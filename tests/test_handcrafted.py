@@ -196,8 +196,7 @@ def test_params_file_is_used_as_is_with_inline_settings_merged(tmp_path):
 def test_sample_parameter_files_are_valid(name):
     params = handcrafted_settings(HandcraftedConfig(params=name), ROOT / "sample_configs")
     assert params["setting"] and params["featureClass"]["firstorder"] is None
-    mode_params(params, "2d", RoiConfig())  # 2D variant valid as well
-    hc._validate(mode_params(params, "2d", RoiConfig()), name)
+    hc._validate(mode_params(params, "2d", RoiConfig()), name)  # the 2D variant is valid as well
 
 
 def test_invalid_parameters_name_the_key(tmp_path):

@@ -27,7 +27,6 @@ parameter file is overridden. Geometry checks are the cohort's
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 import logging
@@ -42,7 +41,7 @@ import pandas as pd
 import yaml
 
 from ..cohort import Case, Cohort
-from ..config import CohortConfig, Config, ConfigError, HandcraftedConfig, RoiConfig
+from ..config import CohortConfig, Config, ConfigError, HandcraftedConfig, RoiConfig, _suggest
 from ..errors import CaseError, CaseFailure
 from ..execution import map_cases
 from ..imageio import read_case_images
@@ -175,11 +174,6 @@ def _schema_keys(path: str) -> list[str]:
         return []
 
 
-def _suggest(word: str, options) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def mode_params(params: Mapping[str, Any], mode: str, roi_cfg: RoiConfig | None = None) -> dict:
     """The parameters PyRadiomics runs with in ``mode``.
 
@@ -210,7 +204,7 @@ def mode_params(params: Mapping[str, Any], mode: str, roi_cfg: RoiConfig | None 
         spacing = list(spacing)
         spacing[len(spacing) - 1 - axis] = 0  # SimpleITK order x, y, z
         setting["resampledPixelSpacing"] = spacing
-    setting["minimumROIDimensions"] = min(int(setting.get("minimumROIDimensions", 2)), 2)
+    setting["minimumROIDimensions"] = min(int(setting.get("minimumROIDimensions") or 2), 2)
     p["setting"] = setting
     classes = p.get("featureClass")
     if not classes:  # PyRadiomics: no featureClass section means every class
