@@ -1,0 +1,468 @@
+"""Honest evaluation of an experiment: one scikit-learn Pipeline, refitted in every fold.
+
+An experiment (routes x selector x k x classifier) becomes one ``Pipeline``
+(:func:`build_pipeline`): ``select`` (fitted on the training cases of the fold only) ->
+``scale`` (SVMs, logistic regression) -> ``clf``. :func:`evaluate` runs it under
+
+* ``loo``: leave-one-out (the default); the out-of-fold scores of all cases are pooled and the
+  AUC is computed once over the cohort (a single left-out case has no AUC);
+* ``repeated_kfold``: repeated stratified k-fold; metrics are computed per repeat on the pooled
+  out-of-fold scores and averaged (AUC interval from the mean DeLong variance, proportions with
+  Wilson intervals on the number of cases);
+* ``external``: fitted once on the cases of ``train_split``, tested on those of ``test_split``
+  (e.g. two cohorts: the published screening design).
+
+Leave-one-out shares work between the folds where it can without changing any result: the
+selectors' ``loo_fits`` give, for each fold, exactly the selector a cold refit would give, and
+the rest of the pipeline is then fitted on the selected columns as the cold pipeline would be
+(``fast=False`` runs the plain per-fold refit, with identical predictions).
+
+Metrics: AUC with DeLong's 95% interval, accuracy, balanced accuracy, sensitivity and
+specificity with Wilson intervals, the confusion matrix; an opt-in label-permutation test
+(``EvaluationConfig.permutations``); how often each feature was selected over the fits.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.naive_bayes import GaussianNB
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+from threadpoolctl import threadpool_limits
+
+from .models import build_classifier
+from .progress import progress as _progress
+from .selection import (
+    CorrelationFilter,
+    ReliefF,
+    RouteTopK,
+    SymmetricUncertainty,
+    _resolve_routes,
+    build_selector,
+)
+from .stats import _metrics_from, binary_metrics, delong_ci, delong_test, delong_variance, wilson_ci
+
+__all__ = [
+    "EvaluationResult",
+    "build_pipeline",
+    "evaluate",
+    "compare",
+    "delong_test",
+    "delong_ci",
+    "wilson_ci",
+    "binary_metrics",
+]
+
+PREDICTION_COLUMNS = ["case_id", "y_true", "score", "y_pred", "fold", "repeat", "experiment"]
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` returns for one experiment."""
+
+    experiment: str
+    predictions: pd.DataFrame  # case_id, y_true, score, y_pred, fold, repeat, experiment
+    metrics: dict  # auc (+ci), accuracy (+ci), balanced_accuracy, sensitivity (+ci), ...
+    selection_frequency: pd.Series  # feature -> fraction of fits that selected it (> 0 only)
+    null_aucs: np.ndarray | None = field(default=None, repr=False)  # permutation test
+
+
+# --------------------------------------------------------------------------- the pipeline
+def build_pipeline(experiment, routes: Mapping[str, Sequence[str]], seed: int) -> Pipeline:
+    """The ``Pipeline`` of one :class:`~radiodeep.config.ExperimentConfig`.
+
+    ``routes`` maps route name -> its column names in the ``X`` the pipeline will see (which
+    holds only the experiment's routes' columns). Raises ``ValueError`` when the experiment cannot
+    run on them (a route missing or empty, ``k`` or ``k_per_route`` above the number of features).
+    """
+    name = experiment.name
+    missing = [r for r in experiment.features if r not in routes]
+    if missing:
+        raise ValueError(f"experiment {name}: no features for route(s) {missing}")
+    own = {r: list(routes[r]) for r in experiment.features}
+    for r, cols in own.items():
+        if not cols:
+            raise ValueError(f"experiment {name}: route {r!r} has no features")
+    n_features = sum(len(c) for c in own.values())
+    sel = experiment.select
+    if sel.method != "none":
+        if sel.k_per_route is not None:
+            for r, cols in own.items():
+                if sel.k_per_route > len(cols):
+                    raise ValueError(f"experiment {name}: k_per_route={sel.k_per_route} but route "
+                                     f"{r!r} has only {len(cols)} features")
+        elif isinstance(sel.k, int) and sel.k > n_features:
+            raise ValueError(f"experiment {name}: k={sel.k} but the experiment has only "
+                             f"{n_features} features")
+    selector = build_selector(sel, own, seed)
+    clf = build_classifier(experiment.classifier, seed)
+    steps = [("select", selector)] if selector is not None else []
+    steps += clf.steps if isinstance(clf, Pipeline) else [("clf", clf)]
+    return Pipeline(steps)
+
+
+def _check_selector(sel, names: np.ndarray, where: str = "") -> None:
+    """Raise ValueError where a (known) selector cannot run on these columns."""
+    p = len(names)
+    if isinstance(sel, CorrelationFilter):
+        _check_selector(sel._base(), names, where)
+    elif isinstance(sel, RouteTopK):
+        routes = _resolve_routes(sel.routes, names, p)
+        for r, idx in routes.items():
+            k = sel._route_k(r)
+            if k != "all" and k > idx.size:
+                raise ValueError(f"{where}k_per_route={k} but route {r!r} has only {idx.size} features")
+    elif isinstance(sel, (ReliefF, SymmetricUncertainty)):
+        k = sel.k
+        if isinstance(k, numbers.Integral) and k > p:
+            raise ValueError(f"{where}k={k} but X has only {p} features")
+
+
+# --------------------------------------------------------------------------- inputs and folds
+def _check_xy(X, y) -> tuple[pd.DataFrame, pd.Series]:
+    if not isinstance(X, pd.DataFrame):
+        X = pd.DataFrame(np.asarray(X))
+    if not isinstance(y, pd.Series):
+        y = pd.Series(np.asarray(y), index=X.index)
+    if X.shape[1] == 0:
+        raise ValueError("X has no feature columns")
+    if X.index.has_duplicates:
+        raise ValueError(f"case ids repeated in X: {X.index[X.index.duplicated()].tolist()[:5]}")
+    if not X.index.equals(y.index):
+        if set(X.index) != set(y.index):
+            only_x = X.index.difference(y.index).tolist()[:5]
+            only_y = y.index.difference(X.index).tolist()[:5]
+            raise ValueError(f"X and y hold different cases (only in X: {only_x}; only in y: {only_y})")
+        y = y.loc[X.index]
+    numeric = np.fromiter((pd.api.types.is_numeric_dtype(t) for t in X.dtypes), bool, X.shape[1])
+    nonnum = X.columns[~numeric].tolist()
+    if nonnum:
+        raise ValueError(f"{len(nonnum)} non-numeric feature column(s), e.g. {nonnum[:3]}")
+    vals = X.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        cols = X.columns[bad.any(axis=0)].tolist()
+        raise ValueError(f"X holds missing or infinite values in {len(cols)} column(s), e.g. "
+                         f"{cols[:3]}: impute or drop them before evaluation")
+    if y.isna().any():
+        raise ValueError(f"y has no label for {int(y.isna().sum())} case(s)")
+    labels = set(pd.unique(y))
+    if not labels <= {0, 1, True, False}:
+        raise ValueError(f"y must hold 0/1 labels (1 = positive), got {sorted(map(str, labels))[:5]}")
+    y = y.astype(int)
+    if y.nunique() < 2:
+        raise ValueError("y holds a single class")
+    return X, y
+
+
+def _folds(cfg, y: np.ndarray, index: pd.Index, split) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    n = len(y)
+    counts = np.bincount(y, minlength=2)
+    if cfg.scheme == "loo":
+        if counts.min() < 2:
+            raise ValueError(f"leave-one-out needs at least 2 cases of each class, got {counts.tolist()}")
+        rows = np.arange(n)
+        return [(0, q, np.delete(rows, q), np.array([q])) for q in range(n)]
+    if cfg.scheme == "repeated_kfold":
+        if counts.min() < cfg.folds:
+            raise ValueError(f"{cfg.folds}-fold stratified cross-validation needs at least {cfg.folds} "
+                             f"cases of each class, got {counts.tolist()}")
+        cv = RepeatedStratifiedKFold(n_splits=cfg.folds, n_repeats=cfg.repeats, random_state=cfg.seed)
+        return [(i // cfg.folds, i % cfg.folds, tr, te)
+                for i, (tr, te) in enumerate(cv.split(np.zeros(n), y))]
+    if cfg.scheme == "external":
+        if split is None:
+            raise ValueError("external validation needs each case's split (the manifest's 'split' column)")
+        s = pd.Series(split).reindex(index)
+        s = s.where(s.isna(), s.astype(str))
+        tr = np.flatnonzero((s == str(cfg.train_split)).to_numpy())
+        te = np.flatnonzero((s == str(cfg.test_split)).to_numpy())
+        found = sorted(map(str, s.dropna().unique()))
+        if tr.size == 0:
+            raise ValueError(f"no case in the training split {cfg.train_split!r} (splits found: {found})")
+        if te.size == 0:
+            raise ValueError(f"no case in the test split {cfg.test_split!r} (splits found: {found})")
+        if len(np.unique(y[tr])) < 2:
+            raise ValueError(f"the training split {cfg.train_split!r} holds a single class")
+        return [(0, 0, tr, te)]
+    raise ValueError(f"unknown evaluation scheme {cfg.scheme!r}")
+
+
+# --------------------------------------------------------------------------- one fold
+def _positive_score(est, X) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the positive class (1) and the predicted labels.
+
+    Probabilistic models: P(1), predicted 1 above 0.5 (as ``predict``); others (SVMs): the
+    decision function, predicted 1 above 0.
+    """
+    classes = list(getattr(est, "classes_", []))
+    if 1 not in classes or len(classes) != 2:
+        raise ValueError(f"the training cases of a fold hold classes {classes}; both 0 and 1 are needed")
+    if hasattr(est, "predict_proba"):
+        s = np.asarray(est.predict_proba(X))[:, classes.index(1)]
+        return s, (s > 0.5).astype(int)
+    if hasattr(est, "decision_function"):
+        d = np.asarray(est.decision_function(X), dtype=np.float64).ravel()
+        if classes[1] != 1:
+            d = -d
+        return d, (d > 0).astype(int)
+    raise ValueError(f"{type(est).__name__} has neither predict_proba nor decision_function")
+
+
+def _selected_mask(fitted, names: np.ndarray) -> np.ndarray | None:
+    """Which input columns reach the classifier (None when it cannot be told)."""
+    if not isinstance(fitted, Pipeline) or len(fitted.steps) < 2:
+        return np.ones(len(names), dtype=bool)
+    try:
+        out = fitted[:-1].get_feature_names_out(names)
+    except Exception:  # noqa: BLE001 - a transformer without feature names
+        return None
+    return np.isin(names, np.asarray(out, dtype=object))
+
+
+_NAME_FREE = (ReliefF, SymmetricUncertainty, StandardScaler, RandomForestClassifier, SVC, GaussianNB,
+              LogisticRegression, DecisionTreeClassifier)
+
+
+def _wants_frame(est) -> bool:
+    """Whether the pipeline may need the feature names (else it is fitted on plain arrays)."""
+    if isinstance(est, Pipeline):
+        return any(_wants_frame(step) for _, step in est.steps)
+    if isinstance(est, CorrelationFilter):
+        return _wants_frame(est._base())
+    if isinstance(est, RouteTopK):
+        routes = est.routes
+        if routes is None:
+            return True
+        cols = routes.values() if isinstance(routes, Mapping) else routes
+        return any(not isinstance(c, (numbers.Integral, np.integer)) for r in cols for c in r)
+    return not isinstance(est, _NAME_FREE)
+
+
+def _cold_job(est, Xv: np.ndarray, names: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray):
+    """Fit the whole pipeline on the rows ``tr``, score the rows ``te``."""
+    if _wants_frame(est):
+        est.fit(pd.DataFrame(Xv[tr], columns=names), y[tr])
+        score, pred = _positive_score(est, pd.DataFrame(Xv[te], columns=names))
+    else:
+        est.fit(Xv[tr], y[tr])
+        score, pred = _positive_score(est, Xv[te])
+    return score, pred, _selected_mask(est, names)
+
+
+def _fit_score(est, Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray):
+    """Fit the pipeline after its (already fitted) selector; score the test rows."""
+    est.fit(Xtr, ytr)
+    score, pred = _positive_score(est, Xte)
+    return score, pred, None
+
+
+def _supports_fast_loo(pipeline) -> bool:
+    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) < 2:
+        return False
+    first = pipeline.steps[0][1]
+    return hasattr(first, "loo_fits") and hasattr(first, "get_support")
+
+
+def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, fast: bool,
+               n_jobs: int, show: bool, desc: str):
+    """Every fold's scores; returns (rows, selection counts, number of fits)."""
+    names = np.asarray([str(c) for c in X.columns], dtype=object)
+    Xv = X.to_numpy(dtype=np.float64)
+    counts = np.zeros(len(names), dtype=np.int64)
+    n_fits = 0
+    have_mask = True
+    use_fast = fast and scheme == "loo" and _supports_fast_loo(pipeline)
+
+    if use_fast:
+        selector = pipeline.steps[0][1]
+        rest = pipeline[1:]
+        fitted = selector.loo_fits(pd.DataFrame(Xv, columns=names), y)
+
+        def jobs():
+            for (rep, fold, tr, te), sel in zip(folds, fitted):
+                support = np.asarray(sel.get_support(), dtype=bool)
+                if not support.any():
+                    raise ValueError("the selector kept no feature in a fold")
+                # the selectors' transform hands on C-contiguous float64 columns: these bytes
+                cols = np.flatnonzero(support)
+                Xtr, Xte = Xv[np.ix_(tr, cols)], Xv[np.ix_(te, cols)]
+                yield (rep, fold, te, support), (_fit_score, (clone(rest), Xtr, y[tr], Xte))
+    else:
+        def jobs():
+            for rep, fold, tr, te in folds:
+                yield (rep, fold, te, None), (_cold_job, (clone(pipeline), Xv, names, y, tr, te))
+
+    rows = []
+    if n_jobs is None or n_jobs == 1:
+        results = ((meta, fn(*args)) for meta, (fn, args) in jobs())
+    else:
+        from joblib import Parallel, delayed
+
+        metas: list = []
+
+        def tagged():
+            for meta, (fn, args) in jobs():
+                metas.append(meta)
+                yield delayed(fn)(*args)
+
+        # threads: the trees, SVMs and distance kernels release the GIL, and threads need no
+        # fresh interpreter (importing scipy/sklearn costs seconds) nor copies of the data
+        par = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator",
+                       pre_dispatch="2*n_jobs")
+        results = ((metas[i], r) for i, r in enumerate(par(tagged())))
+    for (rep, fold, te, support), (score, pred, mask) in _progress(
+            results, total=len(folds), desc=desc, enabled=show):
+        if support is not None:
+            mask = support
+        if mask is None:
+            have_mask = False
+        else:
+            counts += mask
+        n_fits += 1
+        for j, i in enumerate(te):
+            rows.append((i, float(score[j]), int(pred[j]), fold, rep))
+    return rows, (counts if have_mask else None), n_fits
+
+
+# --------------------------------------------------------------------------- evaluation
+def _summarise(pred: pd.DataFrame, scheme: str, level: float) -> dict:
+    if scheme != "repeated_kfold":
+        return binary_metrics(pred["y_true"].to_numpy(), pred["score"].to_numpy(),
+                              pred["y_pred"].to_numpy(), level)
+    aucs, variances, cm = [], [], []
+    for _, part in pred.groupby("repeat", sort=True):
+        yt, yp = part["y_true"].to_numpy(), part["y_pred"].to_numpy()
+        a, v = delong_variance(yt, part["score"].to_numpy())
+        aucs.append(a)
+        variances.append(v)
+        cm.append([((yt == 0) & (yp == 0)).sum(), ((yt == 0) & (yp == 1)).sum(),
+                   ((yt == 1) & (yp == 0)).sum(), ((yt == 1) & (yp == 1)).sum()])
+    tn, fp, fn, tp = np.mean(np.asarray(cm, dtype=np.float64), axis=0)
+    n = int(pred.groupby("repeat").size().iloc[0])
+    out = _metrics_from(None, None, tn, fp, fn, tp, n, level,
+                        auc_var=(float(np.mean(aucs)), float(np.mean(variances))))
+    first = pred[pred["repeat"] == pred["repeat"].min()]
+    out["n"], out["n_pos"] = n, int(first["y_true"].sum())
+    out["auc_sd"] = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
+    out["repeats"] = len(aucs)
+    return out
+
+
+def _pooled_auc(pred_rows, y: np.ndarray, scheme: str) -> float:
+    df = pd.DataFrame(pred_rows, columns=["row", "score", "y_pred", "fold", "repeat"])
+    yt = y[df["row"].to_numpy()]
+    if scheme != "repeated_kfold":
+        return delong_variance(yt, df["score"].to_numpy())[0]
+    return float(np.mean([delong_variance(yt[g.index], g["score"].to_numpy())[0]
+                          for _, g in df.groupby("repeat")]))
+
+
+def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg, *, experiment: str = "",
+             split: pd.Series | None = None, progress: bool = False, n_jobs: int = 1,
+             fast: bool = True) -> EvaluationResult:
+    """Evaluate ``pipeline`` on ``X`` (cases x features) and ``y`` (0/1, 1 = positive).
+
+    ``cfg`` is an :class:`~radiodeep.config.EvaluationConfig`; ``split`` (case id -> split name)
+    is needed by the external scheme. The pipeline is cloned and refitted in every fold, so no
+    information from a test case reaches its model. ``n_jobs`` > 1 fits folds in parallel
+    processes (same results); ``fast=False`` turns off the shared leave-one-out selection path
+    (same results, slower). Raises ``ValueError`` when the experiment cannot run.
+    """
+    X, ys = _check_xy(X, y)
+    y_arr = ys.to_numpy(dtype=int)
+    where = f"experiment {experiment}: " if experiment else ""
+    if not hasattr(pipeline, "fit"):
+        raise ValueError(f"{where}not an estimator: {type(pipeline).__name__}")
+    final = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+    if not (hasattr(final, "predict_proba") or hasattr(final, "decision_function")):
+        raise ValueError(f"{where}{type(final).__name__} has neither predict_proba nor decision_function")
+    names = np.asarray([str(c) for c in X.columns], dtype=object)
+    if isinstance(pipeline, Pipeline) and pipeline.steps:
+        try:
+            _check_selector(pipeline.steps[0][1], names, where)
+        except ValueError as err:
+            msg = str(err)
+            raise ValueError(msg if msg.startswith(where) else where + msg) from None
+    folds = _folds(cfg, y_arr, X.index, split)
+    desc = experiment or "folds"
+    # one BLAS thread: fold-sized problems run several times faster without thread hand-offs
+    # (and the folds themselves may run in parallel threads)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
+                         n_jobs, fast)
+
+
+def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast):
+    rows, counts, n_fits = _run_folds(pipeline, X, y_arr, folds, scheme=cfg.scheme, fast=fast,
+                                      n_jobs=n_jobs, show=progress, desc=desc)
+    names = np.asarray([str(c) for c in X.columns], dtype=object)
+
+    case_ids = X.index.to_numpy()
+    pred = pd.DataFrame(rows, columns=["row", "score", "y_pred", "fold", "repeat"])
+    pred = pred.sort_values(["repeat", "row"], kind="mergesort").reset_index(drop=True)
+    predictions = pd.DataFrame({
+        "case_id": case_ids[pred["row"].to_numpy()],
+        "y_true": y_arr[pred["row"].to_numpy()],
+        "score": pred["score"].to_numpy(),
+        "y_pred": pred["y_pred"].to_numpy(),
+        "fold": pred["fold"].to_numpy(),
+        "repeat": pred["repeat"].to_numpy(),
+        "experiment": experiment,
+    }, columns=PREDICTION_COLUMNS)
+    metrics = _summarise(predictions, cfg.scheme, cfg.ci_level)
+
+    null = None
+    if cfg.permutations:
+        rng = np.random.default_rng(cfg.seed)
+        null = np.empty(cfg.permutations)
+        for b in _progress(range(cfg.permutations), total=cfg.permutations,
+                           desc=f"{desc} permutations", enabled=progress):
+            yp = y_arr.copy()
+            if cfg.scheme == "external":
+                tr = folds[0][2]
+                yp[tr] = rng.permutation(yp[tr])
+                pf = folds
+            else:
+                yp = rng.permutation(yp)
+                pf = _folds(cfg, yp, X.index, split)
+            prow, _, _ = _run_folds(pipeline, X, yp, pf, scheme=cfg.scheme, fast=fast,
+                                    n_jobs=n_jobs, show=False, desc=desc)
+            null[b] = _pooled_auc(prow, y_arr if cfg.scheme == "external" else yp, cfg.scheme)
+        observed = metrics["auc"]
+        metrics["perm_p"] = float((1 + np.sum(null >= observed)) / (1 + cfg.permutations))
+        metrics["perm_n"] = int(cfg.permutations)
+        metrics["perm_null_auc_mean"] = float(np.mean(null))
+
+    if counts is None:
+        freq = pd.Series(dtype=np.float64, name="selection_frequency")
+    else:
+        f = counts / max(n_fits, 1)
+        order = np.argsort(-f, kind="mergesort")
+        order = order[f[order] > 0]
+        freq = pd.Series(f[order], index=pd.Index(names[order], name="feature"),
+                         name="selection_frequency")
+    return EvaluationResult(experiment=experiment, predictions=predictions, metrics=metrics,
+                            selection_frequency=freq, null_aucs=null)
+
+
+def compare(a: EvaluationResult, b: EvaluationResult) -> dict:
+    """DeLong's test between two experiments on their shared cases (repeats: mean score per case)."""
+    sa = a.predictions.groupby("case_id")["score"].mean()
+    sb = b.predictions.groupby("case_id")["score"].mean()
+    truth = pd.concat([a.predictions, b.predictions]).groupby("case_id")["y_true"].first()
+    ids = sa.index.intersection(sb.index)
+    if len(ids) < 3:
+        raise ValueError(f"experiments {a.experiment} and {b.experiment} share {len(ids)} case(s)")
+    return delong_test(truth.loc[ids].to_numpy(), sa.loc[ids].to_numpy(), sb.loc[ids].to_numpy())
