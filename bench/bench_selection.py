@@ -180,6 +180,8 @@ def main() -> None:
     print(f"  SU fit                {t_su.wall:7.3f} s  (target < 0.5 s)  {'OK' if t_su.wall < 0.5 else 'MISSED'}")
     print(f"  LOO ReliefF+RF        {t_loo.wall:7.2f} s  (target <= 22 s)  {'OK' if t_loo.wall <= 22 else 'MISSED'}")
     print(f"  peak memory           {own:7.0f} MiB")
+    print(f"  (load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; other "
+          f"processes on the machine slow the wall-clock figures)")
 
 
 if __name__ == "__main__":

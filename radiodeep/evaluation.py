@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -272,7 +273,10 @@ def _supports_fast_loo(pipeline) -> bool:
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) < 2:
         return False
     first = pipeline.steps[0][1]
-    return hasattr(first, "loo_fits") and hasattr(first, "get_support")
+    out = (getattr(first, "_sklearn_output_config", {}).get("transform")
+           or sklearn.get_config().get("transform_output", "default"))
+    # the shared path hands plain arrays on, as the selector does with its default output
+    return hasattr(first, "loo_fits") and hasattr(first, "get_support") and out == "default"
 
 
 def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, fast: bool,
@@ -369,17 +373,26 @@ def _pooled_auc(pred_rows, y: np.ndarray, scheme: str) -> float:
                           for _, g in df.groupby("repeat")]))
 
 
-def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg, *, experiment: str = "",
+def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: str = "",
              split: pd.Series | None = None, progress: bool = False, n_jobs: int = 1,
              fast: bool = True) -> EvaluationResult:
     """Evaluate ``pipeline`` on ``X`` (cases x features) and ``y`` (0/1, 1 = positive).
 
-    ``cfg`` is an :class:`~radiodeep.config.EvaluationConfig`; ``split`` (case id -> split name)
-    is needed by the external scheme. The pipeline is cloned and refitted in every fold, so no
-    information from a test case reaches its model. ``n_jobs`` > 1 fits folds in parallel
-    processes (same results); ``fast=False`` turns off the shared leave-one-out selection path
-    (same results, slower). Raises ``ValueError`` when the experiment cannot run.
+    ``cfg`` is an :class:`~radiodeep.config.EvaluationConfig` (None: its defaults, leave-one-out);
+    ``split`` (case id -> split name) is needed by the external scheme. The pipeline is cloned and
+    refitted in every fold, so no information from a test case reaches its model. ``n_jobs`` > 1
+    fits folds in parallel threads (same results: e.g. ``config.execution.n_jobs``);
+    ``fast=False`` turns off the shared leave-one-out selection path (same results, slower).
+    ``progress`` shows a per-fold progress bar. Raises ``ValueError`` when the experiment cannot
+    run (too few cases of a class, k above the number of features, missing values, ...).
+
+    Scores are P(class 1) for probabilistic models (predicted positive above 0.5, as
+    ``predict``), the decision function for SVMs (positive above 0).
     """
+    if cfg is None:
+        from .config import EvaluationConfig
+
+        cfg = EvaluationConfig()
     X, ys = _check_xy(X, y)
     y_arr = ys.to_numpy(dtype=int)
     where = f"experiment {experiment}: " if experiment else ""

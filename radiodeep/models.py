@@ -179,8 +179,12 @@ class RandomForest(RandomForestClassifier):
         if not getattr(self, "_fast_fitted", False):
             return super().predict_proba(X)
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite=True)
-        X = np.asarray(X, dtype=np.float32)
+        if issparse(X):
+            return super().predict_proba(X)
+        Xv = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite=False)
+        if not np.isfinite(Xv).all():  # scikit-learn's own handling of missing values
+            return super().predict_proba(X)
+        X = np.asarray(Xv, dtype=np.float32)
         nc = self.n_classes_
         out = np.zeros((X.shape[0], nc), dtype=np.float64)
         for tree in self.estimators_:  # the order and arithmetic of the forest's own loop
