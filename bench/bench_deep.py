@@ -27,7 +27,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +136,6 @@ class Timers:
 
     def __init__(self):
         self.total: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
         self._undo = []
 
     def wrap(self, owner, attr: str, label: str, result_wrapper=None):
@@ -149,7 +147,6 @@ class Timers:
                 out = original(*a, **k)
             finally:
                 self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t
-                self.calls[label] = self.calls.get(label, 0) + 1
             return result_wrapper(out) if result_wrapper else out
 
         setattr(owner, attr, wrapper)
@@ -165,6 +162,32 @@ class Timers:
                 return out
             return timed_fn
         return wrap_fn
+
+    def batch_fill(self, batcher_cls):
+        """Time spent filling batches (copy + normalisation), without the network runs inside."""
+        add, flush = batcher_cls.add_case, batcher_cls.flush
+        inner = [0.0, False]
+
+        def timed_flush(b, *a, **k):
+            t = time.perf_counter()
+            try:
+                return flush(b, *a, **k)
+            finally:
+                if inner[1]:
+                    inner[0] += time.perf_counter() - t
+
+        def timed_add(b, *a, **k):
+            inner[0], inner[1] = 0.0, True
+            t = time.perf_counter()
+            try:
+                return add(b, *a, **k)
+            finally:
+                inner[1] = False
+                label = "batch fill (copy + normalise)"
+                self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t - inner[0]
+
+        batcher_cls.add_case, batcher_cls.flush = timed_add, timed_flush
+        self._undo += [(batcher_cls, "add_case", add), (batcher_cls, "flush", flush)]
 
     def undo(self):
         for owner, attr, original in reversed(self._undo):
@@ -204,15 +227,17 @@ def bench_networks(device, n_mat, batches, min_time, min_reps, formats):
 
 
 def bench_pipeline(manifest: Path, workdir: Path, sizes, batch: int, threads: int | None,
-                   backbone: str = "alexnet", prefetch: int = 0, warm: bool = True):
+                   backbone: str = "alexnet", n_jobs: int = 1, warm: bool = True):
     """extract_deep on phantom cohorts of growing size: stage times and peak memory."""
     print(f"\n## pipeline: extract_deep, {backbone} fc7, batch {batch}, roi.size 224, phantom CT cohorts, "
-          f"prefetch {prefetch}")
+          f"execution.n_jobs {n_jobs}")
     import pandas as pd
 
     full = pd.read_csv(manifest)
     rows = []
-    for n in ([8] if warm else []) + list(sizes):  # 8: a warm-up run (kernel creation), not reported
+    # a warm-up run of one full batch (oneDNN creates its kernels for a batch shape on first use), not reported
+    runs = ([(batch, True)] if warm else []) + [(n, False) for n in sizes]
+    for n, warm_up in runs:
         man = manifest.parent / f"manifest_{n}.csv"  # beside the images: paths are relative
         full.iloc[:n].to_csv(man, index=False)
         data = {
@@ -220,7 +245,8 @@ def bench_pipeline(manifest: Path, workdir: Path, sizes, batch: int, threads: in
             "roi": {"size": 224, "crop": "window", "window_px": 56},
             "features": {"deep": {"backbone": backbone, "weights": None, "layer": "fc7", "batch_size": batch,
                                   "device": "cpu", "threads": threads}},
-            "output": str(workdir / f"out_{backbone}_{n}_{prefetch}"),
+            "output": str(workdir / f"out_{backbone}_{n}_{n_jobs}_{warm_up}"),
+            "execution": {"n_jobs": n_jobs, "progress": False},
         }
         config = parse_config(data, base_dir=workdir)
         cohort, _ = read_manifest(man, positive_label="short")
@@ -229,39 +255,40 @@ def bench_pipeline(manifest: Path, workdir: Path, sizes, batch: int, threads: in
         timers.wrap(roi, "prepare_case", "roi (crop, window, channels)")
         timers.wrap(FeatureStore, "save", "write (cache)")
         timers.wrap(deep, "load_backbone", "model load (once)")
-        timers.wrap(deep, "make_normaliser", "normaliser", timers.callable_timer("normalise", torch.device("cpu")))
+        timers.batch_fill(deep._Batcher)
         timers.wrap(deep, "feature_extractor", "extractor", timers.callable_timer("network", torch.device("cpu")))
         try:
             with PeakRSS() as mem:
                 t = time.perf_counter()
-                res = deep.extract_deep(cohort, config, progress=False, prefetch=prefetch)
+                res = deep.extract_deep(cohort, config, progress=False)
                 total = time.perf_counter() - t
         finally:
             timers.undo()
         assert res.features.shape[0] == n, (res, res.failures[:2])
-        if warm and n == 8:
+        if warm_up:
             continue
         tt = timers.total
         net = tt.get("network", 0.0)
         load = tt.get("model load (once)", 0.0)
-        staged = {k: tt.get(k, 0.0) for k in ("read", "roi (crop, window, channels)", "normalise", "write (cache)")}
+        staged = {k: tt.get(k, 0.0) for k in ("read", "roi (crop, window, channels)", "batch fill (copy + normalise)",
+                                         "write (cache)")}
         around = total - load - net
         other = around - sum(staged.values())
         no_read = around - staged["read"]
-        rows.append({"backbone": backbone, "n": n, "prefetch": prefetch, "net": net, "around": around,
+        rows.append({"backbone": backbone, "n": n, "n_jobs": n_jobs, "net": net, "around": around,
                      "no_read": no_read, "rise": mem.rise})
         print(f"\ncases {n}: total {total:.2f} s = model load {load:.2f} s + network {net:.2f} s "
               f"({n / net:.1f} img/s) + around the network {around:.2f} s")
-        if prefetch:
-            print("    (stages below run in the prefetch thread, overlapping the network: their sum is not "
-                  "the time they add)")
-        for k, v in staged.items():
-            print(f"    {k:30} {v:7.3f} s  {100 * v / net:6.1f}% of network time  ({1000 * v / n:6.2f} ms/case)")
-        print(f"    {'other (batching, bookkeeping)':30} {other:7.3f} s  {100 * other / net:6.1f}% of network time  "
-              f"({1000 * other / n:6.2f} ms/case)")
+        if n_jobs == 1:
+            for k, v in staged.items():
+                print(f"    {k:30} {v:7.3f} s  {100 * v / net:6.1f}% of network time  ({1000 * v / n:6.2f} ms/case)")
+            print(f"    {'other (bookkeeping)':30} {other:7.3f} s  {100 * other / net:6.1f}% of network "
+                  f"time  ({1000 * other / n:6.2f} ms/case)")
+        else:
+            print(f"    (reading and cropping ran in {n_jobs} worker processes, beside the network)")
         print(f"  pipeline overhead: {100 * around / net:.1f}% of the network's time"
-              + ("" if prefetch else f" (without reading the files: {100 * no_read / net:.1f}%)"))
-        print(f"  peak memory rise during the run: {mem.rise / 2**20:.0f} MiB "
+              + ("" if n_jobs > 1 else f" (without reading the files: {100 * no_read / net:.1f}%)"))
+        print(f"  peak memory rise of this process during the run: {mem.rise / 2**20:.0f} MiB "
               f"(all crops of the cohort held at once would be {n * 3 * 224 * 224 * 4 / 2**20:.0f} MiB)")
     return rows
 
@@ -303,20 +330,20 @@ def main(argv=None) -> int:
                                f"matmul roofline measured beside it ({roof / 1e9:.1f} GFLOP/s; target >= 60%: "
                                f"{'met' if frac >= 0.6 else 'NOT met'})")
     if not args.skip_pipeline:
-        sizes = (32, 128) if quick else (64, 256)
+        sizes = (64, 192) if quick else (64, 512)
         rows = []
         with tempfile.TemporaryDirectory(prefix="radiodeep-bench-") as tmp:
             manifest = make_cohort(Path(tmp) / "cohort", n_cases=max(sizes), seed=0)
             rows += bench_pipeline(manifest, Path(tmp), sizes, 64, args.threads)
-            rows += bench_pipeline(manifest, Path(tmp), sizes[-1:], 64, args.threads, prefetch=2, warm=False)
+            rows += bench_pipeline(manifest, Path(tmp), sizes[-1:], 64, args.threads, n_jobs=2, warm=False)
             rows += bench_pipeline(manifest, Path(tmp), (16 if quick else 64,), 16, args.threads,
                                    backbone="vgg16", warm=False)
         for r in rows:
-            extra = "" if r["prefetch"] else f" (without file reading {100 * r['no_read'] / r['net']:.0f}%)"
-            summary.append(f"pipeline {r['backbone']}, {r['n']} cases, prefetch {r['prefetch']}: overhead "
+            extra = "" if r["n_jobs"] > 1 else f" (without file reading {100 * r['no_read'] / r['net']:.0f}%)"
+            summary.append(f"pipeline {r['backbone']}, {r['n']} cases, n_jobs {r['n_jobs']}: overhead "
                            f"{100 * r['around'] / r['net']:.0f}% of network time{extra} (target <= 10%); "
                            f"peak memory rise {r['rise'] / 2**20:.0f} MiB")
-        flat = [r for r in rows if r["backbone"] == "alexnet" and r["prefetch"] == 0]
+        flat = [r for r in rows if r["backbone"] == "alexnet" and r["n_jobs"] == 1]
         if len(flat) >= 2:
             small, large = flat[0], flat[-1]
             summary.append(f"memory: {large['n'] // small['n']}x the cases -> peak rise {small['rise'] / 2**20:.0f} "

@@ -32,13 +32,14 @@ def cohort_files(tmp_path_factory):
     return write_manifest(tmp / "cohort.csv", rows), write_manifest(tmp / "with_bad.csv", bad)
 
 
-def _setup(tmp_path, manifest, roi_cfg=None, **deep):
+def _setup(tmp_path, manifest, roi_cfg=None, execution=None, **deep):
     """Config and cohort; alexnet fc7 with random weights unless told otherwise."""
     data = {
         "cohort": {"manifest": str(manifest), "positive_label": "b"},
         "roi": {"size": 64, "window_px": 16, **(roi_cfg or {})},
         "features": {"deep": {"backbone": "alexnet", "weights": None, "device": "cpu", "batch_size": 8, **deep}},
         "output": str(tmp_path / "out"),
+        "execution": execution or {},
     }
     config = parse_config(data, base_dir=tmp_path)
     cohort, problems = read_manifest(manifest, positive_label="b")
@@ -172,6 +173,19 @@ def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
     again = extract_deep(cohort, config, progress=False, qc=qc2)  # cached cases still give QC crops
     assert again.provenance["cache"]["cached"] == 3 and [c for c, _ in qc2] == ["c0", "c1", "c2"]
     assert len(again.failures) == 1
+
+
+def test_preparation_in_worker_processes_gives_the_same_table(tmp_path, cohort_files):
+    serial, cohort = _setup(tmp_path / "1", cohort_files[1], **FAST)
+    workers, _ = _setup(tmp_path / "2", cohort_files[1], execution={"n_jobs": 2}, **FAST)
+    qc1, qc2 = [], []
+    a = extract_deep(cohort, serial, progress=False, qc=qc1)
+    b = extract_deep(cohort, workers, progress=False, qc=qc2)
+    assert list(b.features.index) == ["c0", "c1", "c2"]  # cohort order, whatever the completion order
+    np.testing.assert_allclose(a.features.to_numpy(), b.features.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert [(f.case_id, f.stage, f.reason) for f in a.failures] == [(f.case_id, f.stage, f.reason) for f in b.failures]
+    assert [c for c, _ in qc2] == ["c0", "c1", "c2"]
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(qc1, qc2))
 
 
 def test_non_finite_features_fail_the_case(tmp_path, cohort_files, monkeypatch):

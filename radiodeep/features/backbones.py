@@ -16,7 +16,6 @@ the tapped value, exactly what the network's own ReLU after that layer produces.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import logging
@@ -25,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+import numpy as np
 import torch
 from torch import nn
+
+from ..config import _suggest
 
 __all__ = [
     "BACKBONES",
@@ -47,6 +49,9 @@ __all__ = [
     "FeatureExtractor",
     "feature_extractor",
     "make_normaliser",
+    "check_input_size",
+    "normalisation_affine",
+    "normalisation_provenance",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,8 +67,9 @@ class Tap:
     """Where a layer's features are read.
 
     ``path``: module path in the model; ``where``: its ``output`` or (for a head) its
-    ``input``; ``relu``: the module path of the ReLU that follows in the network, or
-    None where the tapped value already is a ReLU's output (only ``post_relu`` exists).
+    ``input``; ``relu``: the module path of the ReLU that follows it in the network
+    (``post_relu`` equals that module's output); ``post_relu_only``: the tapped value
+    already is a ReLU's output (a pooled penultimate layer), so ``pre_relu`` is undefined.
     """
 
     path: str
@@ -116,11 +122,6 @@ BACKBONES: dict[str, BackboneSpec] = {
     "cnn_f": BackboneSpec("cnn_f", "matconvnet", _alexnet_like("fc6", "relu6", "fc7", "relu7"),
                           normalisation="matconvnet", min_size=224),
 }
-
-
-def _suggest(word: str, options) -> str:
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -228,7 +229,7 @@ def _resolve_torchvision(backbone: str, name: str) -> WeightsSource:
     try:
         w = enum[short]
     except KeyError:
-        names = [m for m in enum.__members__]
+        names = list(enum.__members__)
         raise ValueError(f"{backbone} has no torchvision weights {name!r}{_suggest(short, names)}; "
                          f"available: {names}, a local .pth file, or null") from None
     if backbone.startswith("vgg") and w.name == "IMAGENET1K_FEATURES":
@@ -449,30 +450,43 @@ def feature_extractor(model: nn.Module, name: str, layer: str, activation: str) 
 
 
 # --------------------------------------------------------------------------- input
-def make_normaliser(model: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """In-place input normalisation for a batch of crops in [0, 1] (``(N, 3, H, W)``).
+def normalisation_affine(model: nn.Module | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The input normalisation as ``y = x * scale + shift`` for crops in [0, 1], channels first.
 
-    torchvision backbones: ImageNet mean/std. cnn_f: 0-255 range minus the network's
-    average image (MatConvNet's ``meta.normalization.averageImage``).
+    ``scale`` has shape (3, 1, 1); ``shift`` (3, 1, 1) or (3, H, W) (a MatConvNet average image).
+    torchvision backbones: ImageNet ``(x - mean) / std``. cnn_f: the 0-255 range minus the
+    network's average image (MatConvNet's ``meta.normalization.averageImage``).
     """
-    spec = get_spec(name)
-    if spec.normalisation == "matconvnet":
-        avg = model.average_image  # (3, h, w) buffer; h = w = 1 for a mean colour
+    if get_spec(name).normalisation == "matconvnet":
+        avg = model.average_image.detach().cpu().numpy().astype(np.float32)  # (3, h, w); 1 x 1: a mean colour
+        return np.full((3, 1, 1), 255.0, np.float32), -avg
+    mean = np.asarray(IMAGENET_MEAN, np.float64).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, np.float64).reshape(3, 1, 1)
+    return (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)
 
-        def mcn(x: torch.Tensor) -> torch.Tensor:
-            if avg.shape[-1] != 1 and tuple(avg.shape[-2:]) != tuple(x.shape[-2:]):
-                raise ValueError(f"{name}: the average image is {tuple(avg.shape[-2:])} pixels but the crops are "
-                                 f"{tuple(x.shape[-2:])}; set roi.size: {avg.shape[-1]}")
-            return x.mul_(255.0).sub_(avg.to(x.device, x.dtype))
 
-        return mcn
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def check_input_size(model: nn.Module | None, name: str, size: int) -> None:
+    """MatConvNet networks take crops of their own size: fc6 is a convolution sized for it
+    (``meta.normalization.imageSize``), and a full average image is subtracted pixel by pixel."""
+    need = getattr(model, "image_size", None)
+    if need is not None and tuple(need) != (size, size):
+        raise ValueError(f"{name} takes {need[0]} x {need[1]} inputs (meta.normalization.imageSize); "
+                         f"set roi.size: {need[0]}")
+    avg = getattr(model, "average_image", None)
+    if avg is not None and tuple(avg.shape[-2:]) not in ((1, 1), (size, size)):
+        raise ValueError(f"{name}: the average image is {avg.shape[-2]} x {avg.shape[-1]} pixels but the "
+                         f"crops are {size} x {size}; set roi.size: {avg.shape[-2]}")
 
-    def imagenet(x: torch.Tensor) -> torch.Tensor:
-        return x.sub_(mean.to(x.device, x.dtype)).div_(std.to(x.device, x.dtype))
 
-    return imagenet
+def make_normaliser(model: nn.Module | None, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """In-place input normalisation of a batch of crops in [0, 1] (``(N, 3, H, W)``)."""
+    scale, shift = (torch.from_numpy(a)[None] for a in normalisation_affine(model, name))
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        check_input_size(model, name, x.shape[-1])
+        return x.mul_(scale.to(x.device, x.dtype)).add_(shift.to(x.device, x.dtype))
+
+    return normalise
 
 
 def normalisation_provenance(name: str) -> dict[str, Any]:

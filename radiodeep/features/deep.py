@@ -7,9 +7,12 @@ case's slices (mean or max) -> one row per case with stable column names
 ``<backbone>_<layer>_<tag>_<i:04d>`` (``alexnet_fc7_r_0000``); strategy ``each`` gives
 three sets, tags ``r``, ``g``, ``b``.
 
-The cohort streams: only the current batch (a preallocated ``batch_size`` buffer) and
-the cases it touches are held; each case is written to the per-case cache as soon as
-its last crop leaves the network, so an interrupted run resumes where it stopped.
+The cohort streams: reading and cropping run in ``execution.n_jobs`` worker processes
+(:func:`radiodeep.execution.map_cases`, at most ``2 * n_jobs`` cases in flight) while
+this process feeds the network; only the current batch (a preallocated ``batch_size``
+buffer, NHWC) and the cases it touches are held; each case is written to the per-case
+cache as soon as its last crop leaves the network, so an interrupted run resumes
+where it stopped.
 The cache key (:func:`deep_settings`) holds everything that changes the values:
 backbone, layer, activation, weights identity (sha256 of the file), channel
 strategy, slice pooling and the ROI settings.
@@ -18,11 +21,10 @@ strategy, slice pooling and the ROI settings.
 from __future__ import annotations
 
 import logging
-import queue
 import re
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,13 +33,14 @@ import torch
 from .. import roi
 from ..config import Config
 from ..errors import CaseError, CaseFailure
+from ..execution import WorkerDied, map_cases
 from ..imageio import read_case_images, read_image
-from ..progress import progress as progress_bar
 from .backbones import (
+    check_input_size,
     feature_extractor,
     get_spec,
     load_backbone,
-    make_normaliser,
+    normalisation_affine,
     normalisation_provenance,
     resolve_layer,
     resolve_weights,
@@ -108,98 +111,18 @@ def pick_device(choice: str) -> torch.device:
 
 
 # --------------------------------------------------------------------------- per case
-@dataclass
-class _Prepared:
-    """A case on its way: views to run, or a cached row, or a failure."""
-
-    case_id: str
-    fingerprint: str
-    views: Any = None  # radiodeep.roi.RoiViews
-    cached: dict[str, float] | None = None
-    failure: CaseFailure | None = None
-
-
 def _fingerprint(case) -> str:
     return f"{file_fingerprint(case.image, case.mask, *case.sequences)}:label={case.mask_label}"
 
 
 def _prepare_views(case, config: Config):
+    """Read one case and make its network inputs (runs in a worker process when n_jobs > 1)."""
     image, mask = read_case_images(case, config.cohort.geometry_tolerance, config.cohort.resample_mask)
     sequences = None
     if config.features.deep.channels == "sequences":
         sequences = [read_image(p, case.case_id, f"sequence {i + 1}") for i, p in enumerate(case.sequences)]
     return roi.prepare_case(image, mask, config.roi, config.features.deep.channels, case.case_id,
                             sequences=sequences)
-
-
-def _prepare_stream(cases: Iterable, config: Config, store: FeatureStore, want_qc: bool) -> Iterator[_Prepared]:
-    for case in cases:
-        cid = case.case_id
-        fp = _fingerprint(case)
-        cached = store.load(cid, fp)
-        if cached is not None and not want_qc:
-            yield _Prepared(cid, fp, cached=cached)
-            continue
-        try:
-            views = _prepare_views(case, config)
-        except CaseError as err:
-            # a cached row stays valid (same files, same settings): only its QC image is missing
-            failure = None if cached is not None else CaseFailure(cid, ROUTE, err.reason)
-            yield _Prepared(cid, fp, cached=cached, failure=failure)
-            continue
-        except Exception as err:
-            err.add_note(f"while preparing case {cid} for the deep route")
-            raise
-        yield _Prepared(cid, fp, views=views, cached=cached)
-
-
-_END = object()
-
-
-class _Raised:
-    def __init__(self, err: BaseException):
-        self.err = err
-
-
-def _in_background(items: Iterator, depth: int) -> Iterator:
-    """Run a generator in a thread, ``depth`` items ahead (bounded memory)."""
-    if depth <= 0:
-        yield from items
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(obj) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(obj, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for obj in items:
-                if not put(obj):
-                    return
-            put(_END)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
-            put(_Raised(err))
-
-    thread = threading.Thread(target=work, name="radiodeep-deep-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            obj = q.get()
-            if obj is _END:
-                return
-            if isinstance(obj, _Raised):
-                raise obj.err
-            yield obj
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- batching
@@ -232,19 +155,21 @@ class _Pending:
 
 
 class _Batcher:
-    """Crops go into one preallocated buffer; a full buffer runs through the network."""
+    """Crops go, normalised, into one preallocated buffer; a full buffer runs through the network."""
 
-    def __init__(self, extract, normalise, batch_size: int, size: int, device: torch.device,
-                 pooling: str, on_case_done):
-        self.extract, self.normalise = extract, normalise
+    def __init__(self, extract, normalisation: tuple[np.ndarray, np.ndarray], batch_size: int, size: int,
+                 device: torch.device, pooling: str, on_case_done):
+        self.extract = extract
+        self.scale, self.shift = normalisation  # y = x * scale + shift, channels first
         self.device, self.pooling, self.on_case_done = device, pooling, on_case_done
         self.size = size
-        # NHWC (channels_last): oneDNN's fastest convolutions on the CPU, cuDNN's on a GPU. Crops
-        # are written into it with numpy (a strided torch copy_ is ~10x slower), so the batch
-        # is never converted as a whole
+        # NHWC (channels_last): oneDNN's fastest convolutions on the CPU, cuDNN's on a GPU. Each
+        # crop is normalised (CHW, in a cache-sized scratch array) and then written in with
+        # numpy (a strided torch copy_ is ~10x slower): no pass over the whole batch is made
         nhwc = torch.empty((batch_size, size, size, 3), dtype=torch.float32, pin_memory=device.type == "cuda")
         self.slots_np = nhwc.numpy()
         self.buffer = nhwc.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels_last
+        self.scratch = np.empty((3, size, size), np.float32)
         self.slots: list[tuple[_Pending, str]] = []
 
     def add_case(self, pending: _Pending, views: dict[str, np.ndarray]) -> None:
@@ -253,7 +178,9 @@ class _Batcher:
                 raise ValueError(f"case {pending.case_id}: view {tag!r} has shape {arr.shape}, "
                                  f"expected (n, 3, {self.size}, {self.size})")
             for crop in arr:
-                np.copyto(self.slots_np[len(self.slots)], crop.transpose(1, 2, 0))
+                np.multiply(crop, self.scale, out=self.scratch)
+                self.scratch += self.shift
+                np.copyto(self.slots_np[len(self.slots)], self.scratch.transpose(1, 2, 0))
                 self.slots.append((pending, tag))
                 if len(self.slots) == self.buffer.shape[0]:
                     self.flush()
@@ -265,7 +192,7 @@ class _Batcher:
         x = self.buffer[:n]
         if self.device.type != "cpu":
             x = x.to(self.device, non_blocking=True)
-        feats = self.extract(self.normalise(x)).float().cpu().numpy()
+        feats = self.extract(x).float().cpu().numpy()
         slots, self.slots = self.slots, []
         for row, (pending, tag) in zip(feats, slots):
             pending.add(tag, row, self.pooling)
@@ -274,17 +201,17 @@ class _Batcher:
 
 
 # --------------------------------------------------------------------------- the route
-def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | None = None,
-                 prefetch: int | None = None) -> RouteResult:
+def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | None = None) -> RouteResult:
     """Deep features for every case of ``cohort``: a :class:`RouteResult` for route ``deep``.
 
     Cached cases (same settings, same input files) are not recomputed. A case that
     cannot be read or cropped, or whose features are not finite, becomes a
     :class:`CaseFailure` (stage ``deep``); the others go on. When ``qc`` is a list,
-    ``(case_id, grey crop of the first slice)`` is appended for every case, cached
-    ones included (those are read and cropped again, not run through the network).
-    ``prefetch``: cases prepared ahead in a background thread (default: 2 on a GPU,
-    0 on the CPU, where the network already uses every core).
+    ``(case_id, grey crop of the first slice)`` is appended for every case in cohort
+    order, cached ones included (those are read and cropped again, not run through
+    the network). Reading and cropping run in ``execution.n_jobs`` worker processes
+    (or on Dask) while this process feeds the network; at most ``2 * n_jobs`` prepared
+    cases wait at a time.
     """
     deep = _deep_config(config)
     settings = deep_settings(config)
@@ -294,21 +221,37 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         raise ValueError(f"roi.size {size} is too small for {deep.backbone} (at least {spec.min_size} pixels)")
     device = pick_device(deep.device)
     store = FeatureStore(config.cache_dir, ROUTE, settings)
-    if prefetch is None:
-        prefetch = 2 if device.type == "cuda" else 0
+    weights_prov = weights_provenance(resolve_weights(deep.backbone, deep.weights, config.base_dir))
 
-    old_threads = torch.get_num_threads()
     rows: dict[str, np.ndarray] = {}
     diags: dict[str, dict] = {}
     names: list[str] | None = None
-    failures: list[CaseFailure] = []
-    n_cached = n_computed = 0
-    weights_prov = weights_provenance(resolve_weights(deep.backbone, deep.weights, config.base_dir))
-
     names_of: dict[tuple[str, int], list[str]] = {}  # built once: 4096 formatted names cost milliseconds
+    failures: list[CaseFailure] = []
+    qc_crops: dict[str, np.ndarray] = {}
+    prints: dict[str, str] = {}
+    cached: set[str] = set()
+    todo = []
+    for case in cohort.cases:
+        cid = case.case_id
+        prints[cid] = _fingerprint(case)
+        row = store.load(cid, prints[cid])
+        if row is None:
+            todo.append(case)
+            continue
+        if names is None:
+            names = list(row)
+        if len(row) != len(names) or list(row) != names:
+            raise RuntimeError(f"case {cid}: cached deep features in {store.dir} have other column names "
+                               "than the rest; delete that folder and run again")
+        rows[cid] = np.fromiter(row.values(), dtype=np.float64, count=len(names))
+        diags[cid] = store.load_diagnostics(cid)
+        cached.add(cid)
+        if qc is not None:
+            todo.append(case)  # read and cropped again for its QC image only
 
     def case_done(p: _Pending) -> None:
-        nonlocal names, n_computed
+        nonlocal names
         pooled = p.result(deep.slice_pooling)
         parts, case_names = [], []
         for tag, vec in pooled.items():
@@ -327,47 +270,47 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         names = names or case_names
         rows[p.case_id] = values
         diags[p.case_id] = p.diagnostics
-        n_computed += 1
 
+    old_threads = torch.get_num_threads()
+    ex = config.execution
+    batcher = None
     try:
         if deep.threads:
             torch.set_num_threads(deep.threads)
-        stream = _in_background(_prepare_stream(cohort.cases, config, store, qc is not None), prefetch)
-        batcher = None
-        for item in progress_bar(stream, total=len(cohort), desc="deep features", enabled=progress):
-            if item.views is not None and qc is not None:
-                qc.append((item.case_id, item.views.grey[0]))
-            if item.failure is not None:
-                failures.append(item.failure)
-                continue
-            if item.cached is not None:
-                row_names = list(item.cached)
-                if names is None:
-                    names = row_names
-                if row_names != names:
-                    raise RuntimeError(f"case {item.case_id}: cached deep features in {store.dir} have other "
-                                       "column names than the rest; delete that folder and run again")
-                rows[item.case_id] = np.fromiter(item.cached.values(), dtype=np.float64, count=len(row_names))
-                diags[item.case_id] = store.load_diagnostics(item.case_id)
-                n_cached += 1
+        for case, views in map_cases(partial(_prepare_views, config=config), todo, n_jobs=ex.n_jobs,
+                                     backend=ex.backend, address=ex.address, progress=progress,
+                                     desc="deep features"):
+            cid = case.case_id
+            if isinstance(views, BaseException):
+                if cid in cached:
+                    continue  # the row stays valid (same files, same settings): only its QC image is missing
+                if isinstance(views, (CaseError, WorkerDied)):
+                    failures.append(CaseFailure(cid, ROUTE, getattr(views, "reason", None) or str(views)))
+                    continue
+                views.add_note(f"while preparing case {cid} for the deep route")
+                raise views
+            if qc is not None:
+                qc_crops[cid] = views.grey[0]
+            if cid in cached:
                 continue
             if batcher is None:  # the network is loaded only when some case needs it
                 model, loaded = load_backbone(deep.backbone, deep.weights, config.base_dir)
                 weights_prov.update(loaded)
-                _check_input_size(model, deep.backbone, size)
+                check_input_size(model, deep.backbone, size)
                 model.to(device=device, memory_format=torch.channels_last)  # as the batches are
                 batcher = _Batcher(feature_extractor(model, deep.backbone, deep.layer, deep.activation),
-                                   make_normaliser(model, deep.backbone), deep.batch_size, size,
-                                   device, deep.slice_pooling, case_done)
-            views = item.views
+                                   normalisation_affine(model, deep.backbone), deep.batch_size, size, device,
+                                   deep.slice_pooling, case_done)
             n = sum(int(v.shape[0]) for v in views.views.values())
             diagnostics = {"slices": list(views.slice_indices), "notes": list(views.notes)}
-            batcher.add_case(_Pending(item.case_id, item.fingerprint, n, diagnostics), views.views)
+            batcher.add_case(_Pending(cid, prints[cid], n, diagnostics), views.views)
         if batcher is not None:
             batcher.flush()
     finally:
         torch.set_num_threads(old_threads)
 
+    if qc is not None:
+        qc.extend((c.case_id, qc_crops[c.case_id]) for c in cohort.cases if c.case_id in qc_crops)
     tags = roi.view_tags(deep.channels)
     ids = [c.case_id for c in cohort.cases if c.case_id in rows]
     if ids:
@@ -379,6 +322,7 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         {"deep_slices": [";".join(str(s) for s in diags[c].get("slices", [])) for c in ids],
          "deep_notes": ["; ".join(diags[c].get("notes", [])) for c in ids]},
         index=pd.Index(ids, name="case_id"))
+    n_cached = len(cached)
     provenance = {
         **{k: v for k, v in settings.items() if k not in ("weights", "schema")},
         "weights": weights_prov,
@@ -387,16 +331,9 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         "batch_size": deep.batch_size,
         "device": str(device),
         "threads": deep.threads or old_threads,
-        "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": n_computed},
+        "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": len(ids) - n_cached},
         "torch": torch.__version__,
     }
-    log.info("deep features: %d cases (%d cached, %d computed, %d failed)", len(ids), n_cached, n_computed,
-             len(failures))
+    log.info("deep features: %d cases (%d cached, %d computed, %d failed)", len(ids), n_cached,
+             len(ids) - n_cached, len(failures))
     return RouteResult(ROUTE, table, failures, provenance, diagnostics)
-
-
-def _check_input_size(model, backbone: str, size: int) -> None:
-    need = getattr(model, "image_size", None)  # MatConvNet networks: fc6 is a convolution sized for it
-    if need is not None and tuple(need) != (size, size):
-        raise ValueError(f"{backbone} takes {need[0]} x {need[1]} inputs (meta.normalization.imageSize); "
-                         f"set roi.size: {need[0]}")
