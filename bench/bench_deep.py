@@ -101,7 +101,7 @@ def count_flops(model, name: str, layer: str, size: int) -> float:
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
+    with open("/proc/self/statm", encoding="utf-8") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 

@@ -89,7 +89,7 @@ def run_one(spec: dict) -> dict:
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             return {"error": proc.stderr[-2000:]}
-        rows = max(0, len(out.read_text().splitlines()) - 1) if out.exists() else 0
+        rows = max(0, len(out.read_text(encoding="utf-8").splitlines()) - 1) if out.exists() else 0
         return {"wall": wall, "rows": rows,
                 "worker_peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
 
@@ -103,7 +103,7 @@ def run_one(spec: dict) -> dict:
         logging.getLogger("radiomics").setLevel(logging.WARNING)
         import csv
 
-        with open(spec["batch_csv"]) as fh:
+        with open(spec["batch_csv"], encoding="utf-8") as fh:
             cases = [(r["Image"], r["Mask"]) for r in csv.DictReader(fh)]
         ex = featureextractor.RadiomicsFeatureExtractor(spec["params"])
         start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -158,15 +158,15 @@ def write_inputs(work: Path, name: str, cases: list[tuple[str, str, str]], param
     d.mkdir(parents=True, exist_ok=True)
     lines = ["case_id,image,mask,label"] + [
         f"{cid},{img},{msk},{'short' if i % 2 == 0 else 'long'}" for i, (cid, img, msk) in enumerate(cases)]
-    (d / "manifest.csv").write_text("\n".join(lines) + "\n")
-    (d / "batch.csv").write_text("Image,Mask\n" + "".join(f"{img},{msk}\n" for _, img, msk in cases))
+    (d / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (d / "batch.csv").write_text("Image,Mask\n" + "".join(f"{img},{msk}\n" for _, img, msk in cases), encoding="utf-8")
     if isinstance(params, Path):
         p = params
     else:
         import yaml
 
         p = d / "params.yaml"
-        p.write_text(yaml.safe_dump(params, sort_keys=False))
+        p.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return {"manifest": str(d / "manifest.csv"), "batch_csv": str(d / "batch.csv"), "params": str(p),
             "work": str(d), "n": len(cases)}
 
@@ -182,7 +182,7 @@ def phantom_cases(work: Path, n: int) -> list[tuple[str, str, str]]:
         make_cohort(d, n_cases=n, seed=0, modality="ct")
     import csv
 
-    with manifest.open() as fh:
+    with manifest.open(encoding="utf-8") as fh:
         return [(r["case_id"], str(d / r["image"]), str(d / r["mask"])) for r in csv.DictReader(fh)]
 
 

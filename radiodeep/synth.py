@@ -161,7 +161,7 @@ def make_cohort(out_dir: Path | str, n_cases: int = 40, seed: int = 0, modality:
         row["age"] = int(np.random.default_rng([seed, i, 7]).integers(45, 85))  # a covariate
         rows.append(row)
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         writer.writeheader()
         writer.writerows(rows)

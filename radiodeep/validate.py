@@ -67,7 +67,7 @@ def check_output_writable(path: Path) -> str | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".radiodeep-write-test"
-        probe.write_text("ok")
+        probe.write_text("ok", encoding="utf-8")
         probe.unlink()
     except OSError as err:
         return f"output folder {path} is not writable: {err.strerror or err}"

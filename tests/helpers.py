@@ -34,7 +34,7 @@ def tiny_case(folder: Path, cid: str, *, shape=(8, 24, 24), label_value=1, empty
 def write_manifest(path: Path, rows: list[dict]) -> Path:
     import csv
 
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
         w.writeheader()
         w.writerows(rows)

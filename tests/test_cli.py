@@ -24,7 +24,7 @@ def test_synth_then_validate_ok(tmp_path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({
         "cohort": {"manifest": "c/manifest.csv", "positive_label": "short"},
-        "features": {"handcrafted": {"mode": "3d"}}}))
+        "features": {"handcrafted": {"mode": "3d"}}}), encoding="utf-8")
     assert main(["validate", str(study)]) == 0
     assert "cohort OK: 4 cases, labels {'long': 2, 'short': 2}" in capsys.readouterr().out
 
@@ -39,7 +39,7 @@ def test_validate_lists_every_problem_with_case_ids(tmp_path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({
         "cohort": {"manifest": "c/manifest.csv", "positive_label": "short"},
-        "features": {"handcrafted": {"mode": "3d"}}}))
+        "features": {"handcrafted": {"mode": "3d"}}}), encoding="utf-8")
     assert main(["validate", str(study)]) == 1
     err = capsys.readouterr().err
     assert "case ct005: duplicate case_id (manifest rows [6, 7])" in err
@@ -49,7 +49,7 @@ def test_validate_lists_every_problem_with_case_ids(tmp_path, capsys):
 
 def test_validate_reports_config_errors(tmp_path, capsys):
     study = tmp_path / "study.yaml"
-    study.write_text("cohort: {manifest: nope.csv, positve_label: x}\nfeatures: {deep: {}}\n")
+    study.write_text("cohort: {manifest: nope.csv, positve_label: x}\nfeatures: {deep: {}}\n", encoding="utf-8")
     assert main(["validate", str(study)]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'positive_label'?" in err

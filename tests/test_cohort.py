@@ -47,7 +47,7 @@ def test_good_cohort_reads_with_relative_paths_and_covariates(tmp_path):
 def test_every_bad_case_is_reported_with_its_id(tmp_path):
     rows = cohort_dir(tmp_path, 8)
     rows[0]["image"] = "data/missing.nrrd"                                  # missing image
-    (tmp_path / "data" / "broken.nrrd").write_text("this is not an image")
+    (tmp_path / "data" / "broken.nrrd").write_text("this is not an image", encoding="utf-8")
     rows[1]["image"] = "data/broken.nrrd"                                   # unreadable file
     _, m = tiny_case(tmp_path / "data", "empty", empty=True)
     rows[2]["mask"] = f"data/{m.name}"                                      # empty mask

@@ -11,7 +11,7 @@ from radiodeep.config import ConfigError, load_config, parse_config, settings_ha
 
 
 def base(tmp_path: Path) -> dict:
-    (tmp_path / "cohort.csv").write_text("case_id,image,mask,label\n")
+    (tmp_path / "cohort.csv").write_text("case_id,image,mask,label\n", encoding="utf-8")
     return {
         "cohort": {"manifest": "cohort.csv", "positive_label": "short"},
         "features": {"deep": {"weights": None}},
@@ -104,14 +104,14 @@ def test_classifier_keyword_arguments_pass_through(tmp_path):
 
 def test_yaml_is_loaded_safely(tmp_path):
     p = tmp_path / "study.yaml"
-    p.write_text("cohort: !!python/object/apply:os.system ['echo pwned']\n")
+    p.write_text("cohort: !!python/object/apply:os.system ['echo pwned']\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(p)
 
 
 def test_load_config_from_file_and_missing_file(tmp_path):
     p = tmp_path / "study.yaml"
-    p.write_text(yaml.safe_dump(base(tmp_path)))
+    p.write_text(yaml.safe_dump(base(tmp_path)), encoding="utf-8")
     assert load_config(p).base_dir == tmp_path.resolve()
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")

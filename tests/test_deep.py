@@ -80,7 +80,7 @@ def test_table_names_index_and_provenance(tmp_path, cohort_files):
     assert prov["normalisation"]["scheme"] == "imagenet"
     assert prov["cache"]["computed"] == 3 and prov["cache"]["cached"] == 0
     out = export_csv(res.features, tmp_path / "features_deep.csv", prov)
-    written = json.loads(out.with_suffix(".provenance.json").read_text())
+    written = json.loads(out.with_suffix(".provenance.json").read_text(encoding="utf-8"))
     assert written["backbone"] == "alexnet" and written["weights"]["kind"] == "random"
     assert written["n_features"] == 4096
 

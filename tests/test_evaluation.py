@@ -59,7 +59,7 @@ def _builtin_experiments() -> list[ExperimentConfig]:
     top 10 over both routes for any classifier they do not use, and one without selection."""
     found: dict[str, ExperimentConfig] = {}
     for path in sorted(ROOT.glob("pipelines/*/study.yaml")) + sorted(ROOT.glob("sample_configs/*.yaml")):
-        for e in (yaml.safe_load(path.read_text()) or {}).get("experiments") or []:
+        for e in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("experiments") or []:
             exp = ExperimentConfig.model_validate(e)
             key = exp.model_dump_json(exclude={"name"})
             found.setdefault(key, exp)

@@ -83,7 +83,7 @@ def case_of(folder: Path, name: str, case_id: str | None = None) -> Case:
 def make_config(tmp_path: Path, handcrafted: dict, **execution) -> "object":
     manifest = tmp_path / "manifest.csv"
     if not manifest.exists():
-        manifest.write_text("case_id,image,mask,label\n")
+        manifest.write_text("case_id,image,mask,label\n", encoding="utf-8")
     data = {"cohort": {"manifest": str(manifest), "positive_label": "a"},
             "features": {"handcrafted": handcrafted},
             "output": str(tmp_path / "out"),
@@ -112,7 +112,7 @@ FAST_PARAMS = {"featureClass": {"firstorder": [], "glcm": ["Contrast", "JointEnt
 @pytest.fixture
 def fast_params(tmp_path) -> Path:
     p = tmp_path / "params.yaml"
-    p.write_text(json.dumps(FAST_PARAMS))
+    p.write_text(json.dumps(FAST_PARAMS), encoding="utf-8")
     return p
 
 
@@ -136,7 +136,7 @@ def test_shared_cases_match_pyradiomics_baseline(shared_cases, tmp_path):
     base = read_baseline(shared_cases)
     # firstorder + shape for all five cases, through the route with two worker processes
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(baseline_params(base["lung1"], ["firstorder", "shape"])))
+    params.write_text(json.dumps(baseline_params(base["lung1"], ["firstorder", "shape"])), encoding="utf-8")
     cfg = make_config(tmp_path, {"params": str(params)}, n_jobs=2)
     cohort = Cohort([case_of(shared_cases, c) for c in FIVE], "a")
     res = extract_handcrafted(cohort, cfg, progress=False)
@@ -174,7 +174,7 @@ def test_route_table_export_and_provenance(tmp_path, fast_params):
     back = pd.read_csv(path, index_col="case_id")
     assert list(back.columns) == list(f.columns)
     np.testing.assert_allclose(back.to_numpy(), f.to_numpy(), rtol=1e-8)
-    meta = json.loads(path.with_suffix(".provenance.json").read_text())
+    meta = json.loads(path.with_suffix(".provenance.json").read_text(encoding="utf-8"))
     assert meta["settings_hash"] == prov["settings_hash"] and meta["pyradiomics_version"] == "3.1.4"
     assert meta["params"]["setting"]["binWidth"] == 10
 
@@ -183,7 +183,7 @@ def test_route_table_export_and_provenance(tmp_path, fast_params):
 def test_params_file_is_used_as_is_with_inline_settings_merged(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text("setting:\n  binWidth: 25\n  padDistance: 3\nimageType:\n  LoG: {sigma: [1.0]}\n"
-                 "featureClass:\n  firstorder:\n")
+                 "featureClass:\n  firstorder:\n", encoding="utf-8")
     got = handcrafted_settings(HandcraftedConfig(params="mine.yaml", settings={"binWidth": 5}), tmp_path)
     assert got == {"setting": {"binWidth": 5, "padDistance": 3}, "imageType": {"LoG": {"sigma": [1.0]}},
                    "featureClass": {"firstorder": None}}
@@ -204,10 +204,10 @@ def test_invalid_parameters_name_the_key(tmp_path):
         handcrafted_settings(HandcraftedConfig(settings={"binWdith": 25}), tmp_path)
     assert "unknown key 'binWdith' in setting (did you mean 'binWidth'?)" in str(info.value)
     p = tmp_path / "p.yaml"
-    p.write_text("featureClass:\n  glcmm:\n")
+    p.write_text("featureClass:\n  glcmm:\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="Feature Class glcmm is not recognized"):
         handcrafted_settings(HandcraftedConfig(params=p), tmp_path)
-    p.write_text("- just a list\n")
+    p.write_text("- just a list\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="holds a mapping"):
         handcrafted_settings(HandcraftedConfig(params=p), tmp_path)
 

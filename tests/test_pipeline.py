@@ -50,7 +50,7 @@ def study(tmp_path: Path, n_cases: int = 10, **over) -> Path:
     for key, value in over.items():
         cfg[key] = value
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
 
 
@@ -76,7 +76,7 @@ def test_every_output_is_written(finished):
     assert {"auc", "auc_ci_low", "accuracy", "sensitivity", "specificity"} <= set(metrics.columns)
     deep = pd.read_csv(out / "features_deep.csv", index_col="case_id")
     assert deep.shape == (10, 4096) and deep.columns[0] == "alexnet_fc7_r_0000"
-    env = json.loads((out / "environment.json").read_text())
+    env = json.loads((out / "environment.json").read_text(encoding="utf-8"))
     assert env["packages"]["torch"].startswith("2.13")
 
 
@@ -85,7 +85,7 @@ def test_an_experiment_that_cannot_run_fails_alone(finished):
     assert "too-many" in res.experiment_errors
     assert "too-many" not in set(res.metrics.experiment)
     assert len(res.metrics) == 2
-    html = (res.output_dir / "report.html").read_text()
+    html = (res.output_dir / "report.html").read_text(encoding="utf-8")
     assert "too-many" in html
 
 
@@ -113,11 +113,11 @@ def test_invalid_case_blocks_the_run_unless_skipped(tmp_path):
     df.to_csv(manifest, index=False)
     with pytest.raises(RunError, match=r"case ct000: mask file not found"):
         run(load_config(path))
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["cohort"]["on_invalid"] = "skip"
     data["experiments"] = data["experiments"][:1]
     data["features"].pop("handcrafted")
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     res = run(load_config(path))
     assert res.failures.case_id.tolist() == ["ct000"]
     assert "mask file not found" in res.failures.reason[0]
@@ -127,7 +127,7 @@ def test_invalid_case_blocks_the_run_unless_skipped(tmp_path):
 def test_unwritable_output_is_refused_before_any_computation(tmp_path):
     path = study(tmp_path, n_cases=4)
     blocker = tmp_path / "blocked"
-    blocker.write_text("a file where the output folder should be")
+    blocker.write_text("a file where the output folder should be", encoding="utf-8")
     cfg = load_config(path)
     cfg.output = blocker / "results"
     with pytest.raises(RunError, match="is not writable"):
@@ -137,10 +137,10 @@ def test_unwritable_output_is_refused_before_any_computation(tmp_path):
 
 def test_killed_extraction_resumes_without_losing_finished_cases(tmp_path):
     path = study(tmp_path, n_cases=8)
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["features"].pop("deep")
     data["experiments"] = []
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     cache = tmp_path / "results" / "cache" / "handcrafted"
     proc = subprocess.Popen([sys.executable, "-m", "radiodeep.cli", "run", str(path), "--only", "extract"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

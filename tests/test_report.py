@@ -318,7 +318,7 @@ def test_sparse_inputs_do_not_break(tmp_path):
                         selection=pd.DataFrame(columns=["experiment", "feature", "route", "frequency"]),
                         delong=pd.DataFrame(), failures=pd.DataFrame(columns=["case_id", "stage", "reason"]),
                         experiment_errors={}, provenance={}, contact_sheet=None)
-    text = path.read_text().replace("<wbr>", "")
+    text = path.read_text(encoding="utf-8").replace("<wbr>", "")
     assert "0.438" in text and "only_auc" in text and "all_nan" in text
     assert "\u2014" in text
     assert "No case was excluded" in text and "No experiment used feature selection" in text
@@ -334,7 +334,7 @@ def test_nothing_ran(tmp_path):
                         selection=pd.DataFrame(), delong=pd.DataFrame(), failures=pd.DataFrame(),
                         experiment_errors={"a": "no features"}, provenance={"seed": 1},
                         contact_sheet=tmp_path / "missing.png")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert "No experiment produced results" in text and "no features" in text
     assert "could not be embedded" in text
     assert (tmp_path / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -353,7 +353,7 @@ def test_repeated_kfold_pools_repeats(tmp_path):
                         provenance={"config": {"evaluation": {"scheme": "repeated_kfold", "folds": 5,
                                                               "repeats": 3}}},
                         contact_sheet=None)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert "3\u00d7 repeated 5-fold cross-validation" in text
     assert "all 3 repeats together" in text
 

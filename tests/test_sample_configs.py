@@ -18,7 +18,7 @@ RECIPES = sorted((ROOT / "pipelines").glob("*/study.yaml"))
 def test_shipped_config_validates(path, tmp_path):
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     manifest = tmp_path / "cohort.csv"
-    manifest.write_text("case_id,image,mask,label\n")
+    manifest.write_text("case_id,image,mask,label\n", encoding="utf-8")
     data["cohort"]["manifest"] = str(manifest)  # the user supplies the cohort
     cfg = parse_config(data, base_dir=path.parent, source=str(path))
     assert cfg.experiments, "a shipped study should define experiments"

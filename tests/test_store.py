@@ -27,7 +27,7 @@ def test_settings_key_separates_entries_and_is_recorded(tmp_path):
     b = FeatureStore(tmp_path, "handcrafted", {"binWidth": 10})
     a.save("c1", {"f": 1.0})
     assert a.dir != b.dir and b.load("c1") is None
-    assert json.loads((a.dir / "settings.json").read_text()) == {"binWidth": 25}
+    assert json.loads((a.dir / "settings.json").read_text(encoding="utf-8")) == {"binWidth": 25}
 
 
 def test_damaged_entry_is_recomputed_not_fatal(tmp_path):
@@ -56,5 +56,5 @@ def test_export_csv_writes_provenance(tmp_path):
     p = export_csv(df, tmp_path / "features_deep.csv", {"backbone": "alexnet"})
     back = pd.read_csv(p, index_col="case_id")
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
-    prov = json.loads((tmp_path / "features_deep.provenance.json").read_text())
+    prov = json.loads((tmp_path / "features_deep.provenance.json").read_text(encoding="utf-8"))
     assert prov == {"backbone": "alexnet", "n_cases": 2, "n_features": 1}
