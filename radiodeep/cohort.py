@@ -113,12 +113,23 @@ def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str]
     values = sorted({c.label for c in cases if c.label})
     pos = None if positive_label is None else str(positive_label)
     if len(values) != 2:
-        problems.append(f"a binary task needs exactly two label values; found {len(values)}: {values}")
+        problems.append(f"a binary task needs exactly two label values; found {len(values)}: {values}"
+                        + (f" ({_label_counts(cases, values)})" if len(values) > 2 else ""))
     elif pos is None:
         problems.append(f"cohort.positive_label is not set; name one of the labels {values}")
     elif pos not in values:
         problems.append(f"cohort.positive_label {pos!r} is not among the labels {values}")
     return Cohort(cases, pos), problems
+
+
+def _label_counts(cases: list[Case], values: list[str], show: int = 5) -> str:
+    """'long: 20 cases; medium: 1 case (c3)': the cases of the rarest labels are named."""
+    parts = []
+    for v in sorted(values, key=lambda v: (-sum(c.label == v for c in cases), v)):
+        ids = [c.case_id for c in cases if c.label == v]
+        listed = "" if len(ids) > show else f" ({', '.join(ids)})"
+        parts.append(f"{v!r}: {len(ids)} case{'s' if len(ids) != 1 else ''}{listed}")
+    return "; ".join(parts)
 
 
 def _abs(base: Path, p: str) -> Path:

@@ -108,8 +108,8 @@ def test_duplicate_ids_three_labels_and_positive_label(tmp_path):
     rows[3]["label"] = "medium"
     report = load_cohort(config_for(tmp_path, rows), check_images=False)
     assert "case c0: duplicate case_id (manifest rows [2, 3])" in report.problems
-    assert ("a binary task needs exactly two label values; found 3: ['long', 'medium', 'short']"
-            in report.problems)
+    assert ("a binary task needs exactly two label values; found 3: ['long', 'medium', 'short'] "
+            "('long': 2 cases (c0, c2); 'medium': 1 case (c3); 'short': 1 case (c0))" in report.problems)
 
 
 def test_positive_label_must_be_one_of_the_labels(tmp_path):
