@@ -184,7 +184,8 @@ def _scheme(provenance: dict, predictions: pd.DataFrame) -> dict:
     return {
         "scheme": scheme or "",
         "label": label,
-        "repeats": repeats or 1,
+        # only repeated k-fold repeats anything; the config's default 'repeats' means nothing elsewhere
+        "repeats": (repeats or 1) if scheme == "repeated_kfold" else 1,
         "ci": f"{100 * level:g}% CI",
         "permutations": _int(ev.get("permutations")) or 0,
     }

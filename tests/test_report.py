@@ -358,6 +358,23 @@ def test_repeated_kfold_pools_repeats(tmp_path):
     assert "all 3 repeats together" in text
 
 
+def test_loo_report_mentions_no_repeats(tmp_path):
+    """The config always carries 'repeats' (default 10); under LOO nothing is repeated."""
+    y = np.array([0, 1] * 6)
+    preds = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "y_true": y, "score": y * 0.5 + 0.1,
+                          "y_pred": y, "fold": range(12), "repeat": 0, "experiment": "e1"})
+    metrics = pd.DataFrame([{"experiment": "e1", "auc": 1.0, "n": 12, "n_pos": 6}])
+    path = write_report(tmp_path, title="loo", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
+                        delong=pd.DataFrame(), failures=pd.DataFrame(), experiment_errors={},
+                        provenance={"config": {"evaluation": {"scheme": "loo", "folds": 5, "repeats": 10}}},
+                        contact_sheet=None)
+    text = path.read_text(encoding="utf-8")
+    assert "leave-one-out" in text
+    # the prose between the stylesheet and the config dump (which shows every key)
+    prose = text.split("<body")[1].split("<h3>Resolved configuration</h3>")[0].replace("<wbr>", "")
+    assert "repeats" not in prose and "repeated" not in prose
+
+
 def test_formatters():
     assert fmt_auc(0.81234) == "0.812" and fmt_auc(None) == fmt_auc(np.nan) == "\u2014"
     assert fmt_pct(0.5) == "50.0%" and fmt_p(0.0004) == "<0.001" and fmt_p(0.04567) == "0.046"
