@@ -37,7 +37,7 @@ def _setup_logging(verbosity: int, logfile: Path | None = None) -> None:
 
 def _cmd_validate(args) -> int:
     from .config import ConfigError, load_config
-    from .validate import load_cohort
+    from .validate import check_routes, load_cohort
 
     try:
         cfg = load_config(args.config)
@@ -45,6 +45,7 @@ def _cmd_validate(args) -> int:
         print(str(err), file=sys.stderr)
         return 2
     report = load_cohort(cfg, check_images=not args.no_images, progress=args.progress)
+    report.problems[:0] = check_routes(cfg)
     n = len(report.cohort) if report.cohort is not None else 0
     if report.ok:
         labels = report.cohort.labels

@@ -23,7 +23,7 @@ from .config import Config
 from .errors import CaseFailure
 from .features.store import RouteResult, export_csv
 from .provenance import environment
-from .validate import check_output_writable, load_cohort
+from .validate import check_output_writable, check_routes, load_cohort
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- stages
-def prepare(config: Config, progress: bool):
-    """Check the output folder and the cohort; apply the on_invalid policy."""
+def prepare(config: Config, progress: bool, extracting: bool = True):
+    """Check the output folder, the routes' settings (when features are to be extracted)
+    and the cohort; apply the on_invalid policy. Nothing is computed before all pass."""
     out = config.output_dir
     reason = check_output_writable(out)
     if reason:
         raise RunError(reason)
+    problems = check_routes(config) if extracting else []
+    if problems:
+        raise RunError("the feature settings cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
     report = load_cohort(config, check_images=True, progress=progress)
     if report.problems:
         raise RunError("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in report.problems))
@@ -240,7 +244,7 @@ def run(config: Config, only: str | None = None) -> RunResult:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
     out = config.output_dir
-    cohort = prepare(config, progress)
+    cohort = prepare(config, progress, extracting=only != "evaluate")
     result = RunResult(output_dir=out)
     env = environment()
     (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")

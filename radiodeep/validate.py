@@ -14,7 +14,7 @@ from .progress import progress as _progress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CohortReport", "load_cohort"]
+__all__ = ["CohortReport", "check_routes", "load_cohort"]
 
 
 @dataclass
@@ -60,6 +60,16 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
         failures = check_cases(_progress(cohort.cases, desc="checking cases", enabled=progress),
                                check, stage="input")
     return CohortReport(cohort, problems, failures)
+
+
+def check_routes(config: Config) -> list[str]:
+    """Problems of the feature routes' settings that show before any case is read
+    (for the deep route: backbone, layer, input size, device, weights on this machine)."""
+    if config.features.deep is None:
+        return []
+    from .features.deep import check_deep_config  # imports torch: only when the route is used
+
+    return check_deep_config(config)
 
 
 def check_output_writable(path: Path) -> str | None:

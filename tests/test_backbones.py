@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -370,3 +371,30 @@ def test_cnn_f_needs_a_mat_file():
         resolve_weights("cnn_f", None)
     with pytest.raises(ValueError, match="no torchvision weights"):
         resolve_weights("cnn_f", "IMAGENET1K_V1")
+
+
+def test_legacy_densenet_checkpoint_loads(tmp_path):
+    """torchvision's densenet121-a639ec97.pth predates PyTorch 0.4.1: legacy keys ('norm.1')
+    and no BatchNorm 'num_batches_tracked' counters. Such a file loads and gives the same features."""
+    model, _ = load_backbone("densenet121", None)
+    legacy = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        legacy[re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k)] = v.clone()
+    assert any(".norm.1." in k for k in legacy) and not any("num_batches" in k for k in legacy)
+    p = tmp_path / "densenet121-legacy.pth"
+    torch.save(legacy, p)
+    loaded, prov = load_backbone("densenet121", p)
+    assert prov["kind"] == "file"
+    assert all(int(b.num_batches_tracked) == 0 for b in loaded.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    x = _batch(size=32)
+    a = feature_extractor(model, "densenet121", "penultimate", "post_relu")(x)
+    b = feature_extractor(loaded, "densenet121", "penultimate", "post_relu")(x)
+    assert torch.equal(a, b)
+
+
+def test_alias_of_another_network_is_named_as_such():
+    with pytest.raises(ValueError, match=r"layer 'fc7' is not defined for resnet18, whose aliases are "
+                                         r"\['penultimate'\]; 'fc7' exists for alexnet, cnn_f, vgg16, vgg19"):
+        bb.resolve_layer(get_spec("resnet18"), "fc7")

@@ -138,6 +138,10 @@ def resolve_layer(spec: BackboneSpec, layer: str, activation: str = "post_relu")
         raise ValueError(f"activation must be 'pre_relu' or 'post_relu', got {activation!r}")
     tap = spec.layers.get(layer)
     if tap is None:
+        elsewhere = sorted(n for n, other in BACKBONES.items() if layer in other.layers)
+        if elsewhere:  # an alias of other networks, e.g. fc7 asked of resnet18
+            raise ValueError(f"layer {layer!r} is not defined for {spec.name}, whose aliases are "
+                             f"{sorted(spec.layers)}; {layer!r} exists for {', '.join(elsewhere)}")
         if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", layer):
             raise ValueError(f"layer {layer!r} of {spec.name} is neither an alias {sorted(spec.layers)} "
                              "nor a module path such as 'features.10'")
@@ -329,6 +333,10 @@ def _build_torchvision(name: str, state_dict: dict | None) -> nn.Module:
 
 def _load_into(model: nn.Module, sd: dict, name: str) -> nn.Module:
     own = model.state_dict()
+    # checkpoints saved before PyTorch 0.4.1 (torchvision's densenet121 among them) have no
+    # BatchNorm counters; like torch's own legacy loading, they start at 0 (used only in training)
+    sd = {**{k: torch.zeros((), dtype=torch.long) for k in own
+             if k.endswith(".num_batches_tracked") and k not in sd}, **sd}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"

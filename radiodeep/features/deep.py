@@ -110,6 +110,42 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if available else "cpu")
 
 
+def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
+    """Every problem of the deep route's settings that shows before any image is read, as
+    ``(config key, exception)``: backbone, layer and activation, input size, device, and
+    weights present on this machine (resolved, not read). Empty when the route is fine."""
+    deep = config.features.deep
+    if deep is None:
+        return []
+    try:
+        spec = get_spec(deep.backbone)
+    except ValueError as err:
+        return [("features.deep.backbone", err)]
+    errors: list[tuple[str, Exception]] = []
+    checks = (
+        ("features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
+        ("roi.size", lambda: _check_min_size(spec, config.roi.size)),
+        ("features.deep.device", lambda: pick_device(deep.device)),
+        ("features.deep.weights", lambda: resolve_weights(deep.backbone, deep.weights, config.base_dir)),
+    )
+    for key, check in checks:
+        try:
+            check()
+        except (ValueError, FileNotFoundError) as err:
+            errors.append((key, err))
+    return errors
+
+
+def check_deep_config(config: Config) -> list[str]:
+    """:func:`deep_config_errors` as messages, each led by its config key."""
+    return [str(err) if str(err).startswith(key) else f"{key}: {err}" for key, err in deep_config_errors(config)]
+
+
+def _check_min_size(spec, size: int) -> None:
+    if size < spec.min_size:
+        raise ValueError(f"roi.size {size} is too small for {spec.name} (at least {spec.min_size} pixels)")
+
+
 # --------------------------------------------------------------------------- per case
 def _fingerprint(case) -> str:
     return f"{file_fingerprint(case.image, case.mask, *case.sequences)}:label={case.mask_label}"
@@ -214,11 +250,11 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
     cases wait at a time.
     """
     deep = _deep_config(config)
+    errors = deep_config_errors(config)
+    if errors:  # the first, as its own type (WeightsNotFound, ValueError); validate lists them all
+        raise errors[0][1]
     settings = deep_settings(config)
-    spec = get_spec(deep.backbone)
     size = config.roi.size
-    if size < spec.min_size:
-        raise ValueError(f"roi.size {size} is too small for {deep.backbone} (at least {spec.min_size} pixels)")
     device = pick_device(deep.device)
     store = FeatureStore(config.cache_dir, ROUTE, settings)
     weights_prov = weights_provenance(resolve_weights(deep.backbone, deep.weights, config.base_dir))
