@@ -279,7 +279,8 @@ class EvaluationConfig(_Strict):
 
 
 class ExecutionConfig(_Strict):
-    n_jobs: int = Field(1, ge=1)
+    n_jobs: int = Field(1, ge=1, description="worker processes for feature extraction; threads for the "
+                                             "cross-validation folds (results do not depend on it)")
     backend: Literal["local", "dask"] = "local"
     address: str | None = Field(None, description="Dask scheduler address (backend: dask)")
     cache_dir: Path | None = Field(None, description="per-case feature cache (default: OUTPUT/cache)")

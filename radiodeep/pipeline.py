@@ -181,7 +181,8 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
                 raise ValueError("fewer than two classes among the cases with features")
             pipe = build_pipeline(exp, routes, config.evaluation.seed)
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
-                           split=None if split is None else split.loc[ids], progress=progress)
+                           split=None if split is None else split.loc[ids], progress=progress,
+                           n_jobs=config.execution.n_jobs)
         except Exception as err:  # noqa: BLE001 - one experiment fails alone
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)

@@ -89,23 +89,26 @@ def test_no_built_in_experiment_finds_signal_in_noise_but_outside_selection_woul
     # One noise data set says little: at 40 cases x 2,000 features, honest leave-one-out AUCs on
     # noise spread from about 0.1 to 0.85 (chance features that hold for the whole cohort are
     # selected in every fold), around a mean at or below 0.5 (leaving a case out tilts the
-    # training classes against it). So every built-in experiment runs on two noise data sets:
-    # its mean AUC, and the mean over all experiments, must not be inflated; while selecting on
-    # all cases first, then cross-validating the classifier alone, inflates both published
-    # combined experiments on every data set. Forests are capped at 25 trees to keep this fast.
+    # training classes against it). So every built-in experiment runs on six noise data sets
+    # (the sd of a six-set mean is about 0.06): its mean AUC must not be inflated (at most 0.65),
+    # nor the mean over all experiments (at most 0.55); while selecting on all cases first, then
+    # cross-validating the classifier alone, inflates both published combined experiments on
+    # every data set tried. Forests are capped at 25 trees to keep this fast.
     exps = [_forests_capped(e) for e in _builtin_experiments()]
     assert len(exps) >= 8
     aucs = {e.name: [] for e in exps}
     honest, leaky = [], []
-    for seed in (0, 1):
+    for seed in range(6):
         X, y, routes = _noise(seed=seed)
         for exp in exps:
             Xe, r = _columns(X, routes, exp)
             res = evaluate(build_pipeline(exp, r, seed=0), Xe, y, LOO, experiment=exp.name, n_jobs=2)
             assert len(res.predictions) == len(y)
             aucs[exp.name].append(res.metrics["auc"])
-            if exp.name in ("both-relieff5+5-nb", "both-su5+5-rf"):
+            if exp.name in ("both-relieff5+5-nb", "both-su5+5-rf") and seed < 2:
                 honest.append(res.metrics["auc"])
+        if seed >= 2:
+            continue
         for method, clf in (("relieff", "naive_bayes"), ("su", {"name": "random_forest", "n_estimators": 25})):
             exp = _exp("leaky", ["deep", "handcrafted"], {"method": method, "k_per_route": 5}, clf)
             pipe = build_pipeline(exp, routes, seed=0)
@@ -113,8 +116,8 @@ def test_no_built_in_experiment_finds_signal_in_noise_but_outside_selection_woul
             res = evaluate(Pipeline(pipe.steps[1:]), X[chosen], y, LOO, experiment="leaky")
             leaky.append(res.metrics["auc"])
     means = {k: float(np.mean(v)) for k, v in aucs.items()}
-    assert max(means.values()) <= 0.8, means  # a leaking pipeline gives ~0.9 or more
-    assert np.mean(list(means.values())) <= 0.6, means
+    assert max(means.values()) <= 0.65, means  # a leaking pipeline gives ~0.9 or more
+    assert np.mean(list(means.values())) <= 0.55, means
     assert len(honest) == 4 and min(leaky) >= 0.8, leaky
     assert np.mean(leaky) - np.mean(honest) >= 0.3, (leaky, honest)
 
