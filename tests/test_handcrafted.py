@@ -376,33 +376,40 @@ def test_filters_run_when_the_parameter_file_asks(tmp_path):
     assert sum(k.startswith("wavelet-") for k in feats) == 8  # LLH ... HHH
 
 
-def test_2d_mode_equals_pyradiomics_on_the_chosen_slice():
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_2d_mode_equals_pyradiomics_on_the_chosen_slice(plane):
+    """2D mode in every plane equals PyRadiomics on that slice given as a genuine 2D image,
+    shape2D included (PyRadiomics 3.1.4 alone drops shape2D for coronal slices)."""
     roi = pytest.importorskip("radiodeep.roi")
     import radiomics  # noqa: F401 - imported by the route already
     from radiomics import featureextractor
 
     params = {"setting": {"binWidth": 25}, "featureClass": {"firstorder": [], "glcm": [], "shape": []}}
     case = case_of(BREAST1, "breast1")
-    feats, diag = extract_case(case, params, "2d", RoiConfig(slice="largest"), None)
+    feats, diag = extract_case(case, params, "2d", RoiConfig(slice="largest", plane=plane), None)
     assert not any(k.startswith("original_shape_") for k in feats)
-    assert "original_shape2D_Perimeter" in feats
+    assert sum(k.startswith("original_shape2D_") for k in feats) >= 9
+    assert "cannot calculate 2D shape" not in diag.get(hc.WARNINGS_KEY, "")
+    axis = roi.plane_axis(plane)  # array axis z, y, x
     k = int(diag["diagnostics_radiodeep_SliceIndex"])
     image = sitk.ReadImage(str(case.image))
     mask = sitk.ReadImage(str(case.mask))
-    assert k == roi.largest_slice(sitk.GetArrayFromImage(mask) == 1, 0)
+    assert k == roi.largest_slice(sitk.GetArrayFromImage(mask) == 1, axis)
 
     # reference: PyRadiomics on that slice as a 2D image
-    def plane(img):
-        out = sitk.GetImageFromArray(sitk.GetArrayFromImage(img)[k])
-        out.SetSpacing(img.GetSpacing()[:2])
+    kept = [d for d in (0, 1, 2) if d != 2 - axis]  # SimpleITK axes x, y, z left in the plane
+
+    def plane_image(img):
+        out = sitk.GetImageFromArray(np.take(sitk.GetArrayFromImage(img), k, axis=axis))
+        out.SetSpacing([img.GetSpacing()[d] for d in kept])
         return out
 
     ref = featureextractor.RadiomicsFeatureExtractor(
         {"setting": {"binWidth": 25}, "featureClass": {"firstorder": [], "glcm": [], "shape2D": []}}
-    ).execute(plane(image), plane(mask))
+    ).execute(plane_image(image), plane_image(mask))
     ref = {n: float(v) for n, v in ref.items() if not n.startswith("diagnostics_")}
     # TotalEnergy scales with the voxel volume: a slice of the volume keeps its thickness
-    ref["original_firstorder_TotalEnergy"] *= image.GetSpacing()[2]
+    ref["original_firstorder_TotalEnergy"] *= image.GetSpacing()[2 - axis]
     assert set(ref) == set(feats)
     for name, v in ref.items():
         assert feats[name] == pytest.approx(v, rel=1e-6, abs=1e-9), name

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 import yaml
 
 from ..cohort import Case, Cohort
@@ -282,6 +283,9 @@ def extract_case(case: Case, params: Mapping[str, Any], mode: str, roi_cfg: RoiC
     logger.addHandler(capture)
     try:
         raw = extractor.execute(image, mask, label=1)
+        if _coronal_shape2d(run_params):
+            raw.update(_shape2d_of_flat_axis_first(image, mask, run_params))
+            capture.records = [r for r in capture.records if not _is_shape2d_axis_warning(r)]
     except Exception as err:  # noqa: BLE001 - PyRadiomics raises ValueError, SimpleITK RuntimeError
         said = _last_line(str(err)) or type(err).__name__
         raise CaseError(cid, f"PyRadiomics failed: {said}", stage=_STAGE) from None
@@ -323,6 +327,40 @@ def extract_case(case: Case, params: Mapping[str, Any], mode: str, roi_cfg: RoiC
     return features, diagnostics
 
 
+# PyRadiomics 3.1.4 checks that shape2D's flat axis has extent 1 by indexing the ROI's bounding
+# box (SimpleITK order x, y, z) with force2Ddimension (array order z, y, x). For axial (0) and
+# sagittal (2) slices the check passes by luck; for coronal slices (1) it always fails, and the
+# shape2D class is dropped with a warning only. The same image and mask with their y and z axes
+# swapped put the flat axis first (force2Ddimension 0), where the check is right; shape2D values
+# depend only on the slice's pixels and spacing, which the permutation keeps.
+_CORONAL = 1
+
+
+def _coronal_shape2d(params: Mapping[str, Any]) -> bool:
+    setting = params.get("setting") or {}
+    return (bool(setting.get("force2D")) and setting.get("force2Ddimension") == _CORONAL
+            and "shape2D" in (params.get("featureClass") or {}))
+
+
+def _is_shape2d_axis_warning(record: logging.LogRecord) -> bool:
+    return "cannot calculate 2D shape" in str(record.msg)
+
+
+def _shape2d_of_flat_axis_first(image, mask, params: Mapping[str, Any]) -> dict:
+    p = copy.deepcopy(dict(params))
+    setting = p["setting"]
+    setting["force2Ddimension"] = 0
+    spacing = setting.get("resampledPixelSpacing")
+    if spacing:
+        setting["resampledPixelSpacing"] = [spacing[0], spacing[2], spacing[1]]
+    p["featureClass"] = {"shape2D": params["featureClass"]["shape2D"]}
+    p["imageType"] = {"Original": {}}  # shape is computed on the original image only
+    swap = [0, 2, 1]  # x, y, z -> x, z, y
+    out = _extractor(_canonical(p)).execute(sitk.PermuteAxes(image, swap), sitk.PermuteAxes(mask, swap),
+                                             label=1)
+    return {k: v for k, v in out.items() if k.startswith("original_shape2D_")}
+
+
 # --------------------------------------------------------------------------- the route
 def _store_settings(params: Mapping[str, Any], mode: str, config: Config) -> dict:
     """What the cached rows depend on; any change here gives a fresh cache folder."""
@@ -336,6 +374,8 @@ def _store_settings(params: Mapping[str, Any], mode: str, config: Config) -> dic
     }
     if mode == "2d":  # the slice choice matters in 2D only
         settings["roi"] = {"plane": config.roi.plane, "slice": config.roi.slice}
+        if _coronal_shape2d(mode_params(params, mode, config.roi)):
+            settings["coronal_shape2d"] = "axes swapped"  # rows cached before this fix lack shape2D
     return settings
 
 
