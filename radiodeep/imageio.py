@@ -51,26 +51,32 @@ def _strip_metadata(img: sitk.Image) -> sitk.Image:
     return img
 
 
-def geometry_mismatch(image: sitk.Image, mask: sitk.Image, tol: float = 1e-3) -> str | None:
-    """Describe how ``mask`` differs from ``image`` in geometry, or None when they agree.
+def geometry_mismatch(image: sitk.Image, mask: sitk.Image, tol: float = 1e-3, what: str = "mask") -> str | None:
+    """Describe how ``mask`` (or another image on the same grid, named ``what``) differs from
+    ``image`` in geometry, or None when they agree.
 
     ``tol`` is relative: spacings within ``tol`` of each other, origins within ``tol``
     of a voxel, direction cosines within ``tol``.
     """
     if image.GetDimension() != mask.GetDimension():
-        return f"dimension differs: image {image.GetDimension()}D, mask {mask.GetDimension()}D"
+        return f"dimension differs: image {image.GetDimension()}D, {what} {mask.GetDimension()}D"
     if image.GetSize() != mask.GetSize():
-        return f"size differs: image {image.GetSize()}, mask {mask.GetSize()}"
+        return f"size differs: image {image.GetSize()}, {what} {mask.GetSize()}"
     isp, msp = np.array(image.GetSpacing()), np.array(mask.GetSpacing())
     if not np.allclose(isp, msp, rtol=tol, atol=0):
-        return f"spacing differs: image {tuple(np.round(isp, 4))}, mask {tuple(np.round(msp, 4))}"
+        return f"spacing differs: image {_rounded(isp, 4)}, {what} {_rounded(msp, 4)}"
     io, mo = np.array(image.GetOrigin()), np.array(mask.GetOrigin())
     if np.any(np.abs(io - mo) > tol * isp):
-        return f"origin differs: image {tuple(np.round(io, 3))}, mask {tuple(np.round(mo, 3))}"
+        return f"origin differs: image {_rounded(io, 3)}, {what} {_rounded(mo, 3)}"
     idir, mdir = np.array(image.GetDirection()), np.array(mask.GetDirection())
     if np.any(np.abs(idir - mdir) > tol):
-        return "direction differs between image and mask"
+        return f"direction differs between image and {what}"
     return None
+
+
+def _rounded(values, digits: int) -> tuple[float, ...]:
+    """Plain floats for messages (numpy 2 would print np.float64(0.5))."""
+    return tuple(round(float(v), digits) for v in values)
 
 
 def resample_like(mask: sitk.Image, image: sitk.Image) -> sitk.Image:

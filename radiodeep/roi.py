@@ -58,6 +58,7 @@ from skimage.transform import resize as _sk_resize
 
 from .config import CT_PRESETS, RoiConfig
 from .errors import CaseError
+from .imageio import geometry_mismatch
 
 __all__ = [
     "RoiViews",
@@ -288,19 +289,9 @@ def _as_volume(img: sitk.Image, case_id: str, what: str) -> tuple[np.ndarray, tu
     raise _fail(case_id, f"{what} is {dim}D; expected a 2D or 3D image")
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> str | None:
-    if a.GetDimension() != b.GetDimension():
-        return f"dimension {b.GetDimension()}D vs image {a.GetDimension()}D"
-    if a.GetSize() != b.GetSize():
-        return f"size {b.GetSize()} vs image {a.GetSize()}"
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=0):
-        return f"spacing {tuple(np.round(b.GetSpacing(), 4))} vs image {tuple(np.round(a.GetSpacing(), 4))}"
-    return None
-
-
 def _binary_mask(mask: sitk.Image, image: sitk.Image, case_id: str, mask_label: int | None,
                  notes: list[str]) -> np.ndarray:
-    problem = _same_grid(image, mask)
+    problem = geometry_mismatch(image, mask)
     if problem is not None:
         raise _fail(case_id, f"mask does not share the image's grid ({problem}); "
                              "resample it first (cohort.resample_mask: true)")
@@ -486,7 +477,7 @@ def prepare_case(image: sitk.Image, mask: sitk.Image, roi: RoiConfig, channels: 
             got = "none" if sequences is None else str(len(sequences))
             raise _fail(case_id, f"channel strategy 'sequences' needs three sequence images, got {got}")
         for i, s in enumerate(sequences):
-            problem = _same_grid(image, s)
+            problem = geometry_mismatch(image, s, what=f"sequence {i + 1}")
             if problem is not None:
                 raise _fail(case_id, f"sequence {i + 1} of 3 does not share the image's grid ({problem})")
             seq_vols.append(_as_volume(s, case_id, f"sequence {i + 1}")[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 from .cohort import Cohort, check_cases, read_manifest
 from .config import Config
 from .errors import CaseError, CaseFailure
-from .imageio import read_case_images, read_image
+from .imageio import geometry_mismatch, read_case_images, read_image
 from .progress import progress as _progress
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
             image, _ = read_case_images(case, cc.geometry_tolerance, cc.resample_mask)
             for seq in case.sequences:
                 other = read_image(seq, case.case_id, "sequence")
-                if other.GetSize() != image.GetSize():
-                    raise CaseError(case.case_id, f"sequence {seq.name} size {other.GetSize()} "
-                                                  f"differs from image size {image.GetSize()}")
+                problem = geometry_mismatch(image, other, cc.geometry_tolerance, what="sequence")
+                if problem is not None:
+                    raise CaseError(case.case_id, f"sequence {seq.name} does not share the image's grid: {problem}")
 
         failures = check_cases(_progress(cohort.cases, desc="checking cases", enabled=progress),
                                check, stage="input")

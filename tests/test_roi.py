@@ -405,6 +405,12 @@ def test_sequences_each_normalised():
     bad = [to_img(seq[0]), to_img(seq[1][:, :30]), to_img(seq[2])]
     with pytest.raises(CaseError, match="case seq: sequence 2 of 3 does not share"):
         prepare_case(to_img(seq[0]), to_img(mask), roi, "sequences", "seq", sequences=bad)
+    shifted = to_img(seq[2])
+    shifted.SetOrigin((0.0, 50.0, 0.0))  # same size and spacing, 50 mm away: not the same anatomy
+    with pytest.raises(CaseError, match=r"case seq: sequence 3 of 3 does not share the image's grid "
+                                        r"\(origin differs: image \(0.0, 0.0, 0.0\), sequence 3 \(0.0, 50.0, 0.0\)"):
+        prepare_case(to_img(seq[0]), to_img(mask), roi, "sequences", "seq",
+                     sequences=[to_img(seq[0]), to_img(seq[1]), shifted])
 
 
 def test_coronal_and_sagittal_planes_oriented_z_up():
@@ -545,6 +551,10 @@ def test_other_bad_inputs_name_the_case():
         prepare_case(to_img(img), to_img(mask[:, :, :18]), cfg(), "r", "e2")
     with pytest.raises(CaseError, match="case e2: mask does not share the image's grid"):
         prepare_case(to_img(img), to_img(mask, (1.0, 1.0, 2.0)), cfg(), "r", "e2")
+    moved = to_img(mask)
+    moved.SetOrigin((30.0, 0.0, 0.0))
+    with pytest.raises(CaseError, match="case e2: mask does not share the image's grid .origin differs"):
+        prepare_case(to_img(img), moved, cfg(), "r", "e2")
     bad = img.astype(np.float32)
     bad[1, 0, 0] = np.nan
     with pytest.raises(CaseError, match="case e3: image holds non-finite"):
