@@ -93,13 +93,23 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 
 class IntensityConfig(_Strict):
     modality: Literal["CT", "MR"] = "CT"
-    # CT: a preset name or [low, high] in HU
+    # CT: a preset name, [low, high] in HU, or {level: L, width: W} (read as [L - W/2, L + W/2])
     window: str | tuple[float, float] | None = Field(
-        None, description="CT window: preset name or [low, high] HU (default: lung)"
+        None, description="CT window: preset name, [low, high] HU or {level, width} (default: lung)"
     )
     windows: list[str | tuple[float, float]] | None = Field(
         None, description="three CT windows for the 'ct_windows' channel strategy"
     )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_level_width(cls, v):
+        return _level_width(v)
+
+    @field_validator("windows", mode="before")
+    @classmethod
+    def _windows_level_width(cls, v):
+        return [_level_width(w) for w in v] if isinstance(v, list) else v
     # MR
     percentiles: tuple[float, float] = (1.0, 99.0)
     normalise: Literal["zscore", "minmax"] = "minmax"
@@ -127,13 +137,27 @@ class IntensityConfig(_Strict):
         return self
 
 
+def _level_width(v):
+    """``{level: L, width: W}`` as ``[L - W/2, L + W/2]``; anything else unchanged."""
+    if not isinstance(v, dict):
+        return v
+    if set(v) != {"level", "width"}:
+        raise ValueError(f"a window given as a mapping needs exactly the keys 'level' and 'width', got {sorted(v)}")
+    level, width = v["level"], v["width"]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (level, width)):
+        raise ValueError(f"window level and width must be numbers (HU), got level={level!r}, width={width!r}")
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    return (level - width / 2, level + width / 2)
+
+
 def _check_window(v):
     if v is None:
         return v
     if isinstance(v, str):
         if v not in CT_PRESETS:
             raise ValueError(f"unknown CT window preset {v!r}{_suggest(v, CT_PRESETS)}; "
-                             f"choose one of {sorted(CT_PRESETS)} or give [low, high] in HU")
+                             f"choose one of {sorted(CT_PRESETS)}, give [low, high] in HU, or {{level: L, width: W}}")
         return v
     lo, hi = v
     if not lo < hi:

@@ -95,6 +95,20 @@ def test_unknown_classifier_and_preset_suggest(tmp_path):
     assert "unknown CT window preset 'mediastinun' (did you mean 'mediastinum'?)" in msgs
 
 
+def test_ct_window_as_level_and_width(tmp_path):
+    data = base(tmp_path)
+    data["roi"] = {"intensity": {"window": {"level": 40, "width": 400},
+                                 "windows": ["lung", {"level": 50, "width": 350}, [-160, 240]]}}
+    cfg = parse_config(data, base_dir=tmp_path)
+    assert cfg.roi.intensity.window == (-160.0, 240.0)
+    assert cfg.roi.intensity.windows == ["lung", (-125.0, 225.0), (-160.0, 240.0)]
+    data["roi"] = {"intensity": {"window": {"level": 40, "widht": 400}}}
+    assert any("roi.intensity.window: " in m and "exactly the keys 'level' and 'width'" in m
+               for m in problems(data, tmp_path))
+    data["roi"] = {"intensity": {"window": {"level": 40, "width": -1}}}
+    assert any("window width must be positive, got -1" in m for m in problems(data, tmp_path))
+
+
 def test_classifier_keyword_arguments_pass_through(tmp_path):
     data = base(tmp_path)
     data["experiments"][0]["classifier"] = {"name": "random_forest", "n_estimators": 50}
