@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 if TYPE_CHECKING:  # pragma: no cover
     from .roi import RoiViews
 
-__all__ = ["contact_sheet", "views_items", "cohort_contact_sheet"]
+__all__ = ["contact_sheet", "views_items", "network_view_items", "cohort_contact_sheet"]
 
 _GAP = 4  # pixels between tiles
 _BG = (0, 0, 0)
@@ -112,6 +112,23 @@ def views_items(views: Sequence["RoiViews"], tag: str | None = None) -> list[tup
         for k, a in zip(v.slice_indices, arrs):
             out.append((f"{v.case_id} [{k}]" if many else v.case_id, a))
     return out
+
+
+# channel strategies whose three channels hold different images: the sheet shows that RGB input
+COMPOSITES = ("ct_windows", "slices", "sequences")
+
+
+def network_view_items(views: "RoiViews", channels: str, max_side: int = 128) -> list[tuple[str, np.ndarray]]:
+    """What the contact sheet shows of one case: the network's RGB input where the channel
+    strategy composes one (``ct_windows``, ``slices``, ``sequences``), else the grey crop
+    (``r``, ``g``, ``b``, ``grey3`` and ``each`` put that grey into one or all channels).
+    Every slice is shown, labelled ``case_id [k]`` when there are several; those tiles are
+    subsampled to at most ``max_side`` pixels, so a cohort's sheet stays small in memory."""
+    items = views_items([views], channels if channels in COMPOSITES else None)
+    if len(items) > 1:
+        step = -(-items[0][1].shape[-1] // max_side)
+        items = [(label, np.ascontiguousarray(a[..., ::step, ::step])) for label, a in items]
+    return items
 
 
 def cohort_contact_sheet(views: Sequence["RoiViews"], path: Path, tag: str | None = None,

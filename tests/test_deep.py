@@ -175,6 +175,25 @@ def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
     assert len(again.failures) == 1
 
 
+def test_qc_shows_what_the_network_sees(tmp_path, cohort_files):
+    """Composite strategies show their RGB input; 'all' slices show every slice, labelled."""
+    config, cohort = _setup(tmp_path / "w", cohort_files[0], channels="ct_windows", **FAST,
+                            roi_cfg={"intensity": {"windows": ["lung", "mediastinum", "bone"]}})
+    qc = []
+    extract_deep(cohort, config, progress=False, qc=qc)
+    views = _views(config, cohort, "c1")
+    assert [c for c, _ in qc] == ["c0", "c1", "c2"]
+    np.testing.assert_array_equal(dict(qc)["c1"], views.views["ct_windows"][0])  # (3, 64, 64) RGB
+    config, cohort = _setup(tmp_path / "a", cohort_files[0], roi_cfg={"slice": "all"}, **FAST)
+    qc = []
+    extract_deep(cohort, config, progress=False, qc=qc)
+    views = _views(config, cohort, "c1")
+    assert len(views.slice_indices) > 1
+    labels = [c for c, _ in qc if c.startswith("c1 ")]
+    assert labels == [f"c1 [{k}]" for k in views.slice_indices]
+    np.testing.assert_array_equal(dict(qc)[labels[-1]], views.grey[-1])  # 64 px: no subsampling needed
+
+
 def test_preparation_in_worker_processes_gives_the_same_table(tmp_path, cohort_files):
     serial, cohort = _setup(tmp_path / "1", cohort_files[1], **FAST)
     workers, _ = _setup(tmp_path / "2", cohort_files[1], execution={"n_jobs": 2}, **FAST)

@@ -14,7 +14,7 @@ from skimage.transform import resize
 
 from radiodeep.config import CT_PRESETS, RoiConfig
 from radiodeep.errors import CaseError
-from radiodeep.qc import contact_sheet, views_items
+from radiodeep.qc import contact_sheet, network_view_items, views_items
 from radiodeep.roi import (
     RoiViews,
     apply_window,
@@ -700,3 +700,17 @@ def test_views_items_labels():
     assert all(a.shape == (16, 16) for _, a in items)
     rgb = views_items([v], tag="ct_windows")
     assert all(a.shape == (3, 16, 16) for _, a in rgb)
+
+
+def test_network_view_items_show_the_input_and_keep_many_slices_small():
+    img, mask = ct_case()
+    many = prepare_case(to_img(img), to_img(mask), cfg(slice="all", size=224), "slices", "multi")
+    assert len(many.slice_indices) > 1
+    items = network_view_items(many, "slices", max_side=128)
+    assert [label for label, _ in items] == [f"multi [{k}]" for k in many.slice_indices]
+    assert all(a.shape == (3, 112, 112) for _, a in items)  # 224 subsampled by 2
+    np.testing.assert_array_equal(items[0][1], many.views["slices"][0][:, ::2, ::2])
+    one = prepare_case(to_img(img), to_img(mask), cfg(size=224), "r", "single")
+    [(label, grey)] = network_view_items(one, "r")
+    assert label == "single" and grey.shape == (224, 224)  # one slice: full size, grey (not red)
+    np.testing.assert_array_equal(grey, one.grey[0])

@@ -47,6 +47,7 @@ from .backbones import (
     weights_identity,
     weights_provenance,
 )
+from ..qc import network_view_items
 from .store import FeatureStore, RouteResult, file_fingerprint
 
 __all__ = ["deep_settings", "extract_deep", "feature_names", "pick_device", "ROUTE"]
@@ -243,9 +244,9 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
     Cached cases (same settings, same input files) are not recomputed. A case that
     cannot be read or cropped, or whose features are not finite, becomes a
     :class:`CaseFailure` (stage ``deep``); the others go on. When ``qc`` is a list,
-    ``(case_id, grey crop of the first slice)`` is appended for every case in cohort
-    order, cached ones included (those are read and cropped again, not run through
-    the network). Reading and cropping run in ``execution.n_jobs`` worker processes
+    ``(label, crop)`` items of :func:`~radiodeep.qc.network_view_items` (every slice; the RGB
+    input for composite strategies) are appended for every case in cohort order, cached ones
+    included (those are read and cropped again, not run through the network). Reading and cropping run in ``execution.n_jobs`` worker processes
     (or on Dask) while this process feeds the network; at most ``2 * n_jobs`` prepared
     cases wait at a time.
     """
@@ -264,7 +265,7 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
     names: list[str] | None = None
     names_of: dict[tuple[str, int], list[str]] = {}  # built once: 4096 formatted names cost milliseconds
     failures: list[CaseFailure] = []
-    qc_crops: dict[str, np.ndarray] = {}
+    qc_crops: dict[str, list[tuple[str, np.ndarray]]] = {}
     prints: dict[str, str] = {}
     cached: set[str] = set()
     todo = []
@@ -326,7 +327,7 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
                 views.add_note(f"while preparing case {cid} for the deep route")
                 raise views
             if qc is not None:
-                qc_crops[cid] = views.grey[0]
+                qc_crops[cid] = network_view_items(views, deep.channels)
             if cid in cached:
                 continue
             if batcher is None:  # the network is loaded only when some case needs it
@@ -346,7 +347,8 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         torch.set_num_threads(old_threads)
 
     if qc is not None:
-        qc.extend((c.case_id, qc_crops[c.case_id]) for c in cohort.cases if c.case_id in qc_crops)
+        for c in cohort.cases:
+            qc.extend(qc_crops.get(c.case_id, ()))
     tags = roi.view_tags(deep.channels)
     ids = [c.case_id for c in cohort.cases if c.case_id in rows]
     if ids:
