@@ -47,6 +47,8 @@ def _cmd_validate(args) -> int:
     report = load_cohort(cfg, check_images=not args.no_images, progress=args.progress)
     report.problems[:0] = check_routes(cfg)
     n = len(report.cohort) if report.cohort is not None else 0
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     if report.ok:
         labels = report.cohort.labels
         counts = {v: labels.count(v) for v in sorted(set(labels))}

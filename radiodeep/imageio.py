@@ -89,11 +89,12 @@ def mask_labels(mask: sitk.Image) -> list[int]:
     return [int(v) for v in np.unique(arr) if v != 0]
 
 
-def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False):
+def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False, notes: list[str] | None = None):
     """Read a case's image and mask, check them, return ``(image, mask)``.
 
     The returned mask is binary (uint8, 1 inside the ROI) for ``case.mask_label``.
-    Raises :class:`CaseError` naming the case and the reason.
+    Raises :class:`CaseError` naming the case and the reason. When ``notes`` is a list,
+    what was adapted (the mask resampled, one label used of several) is appended to it.
     """
     image = read_image(case.image, case.case_id, "image")
     mask = read_image(case.mask, case.case_id, "mask")
@@ -103,6 +104,8 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False):
             raise CaseError(case.case_id, f"image/mask geometry mismatch: {problem} "
                             "(set cohort.resample_mask: true to resample the mask onto the image)")
         mask = resample_like(mask, image)
+        if notes is not None:
+            notes.append(f"mask resampled onto the image ({problem})")
     elif (mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection()) != (
             image.GetSpacing(), image.GetOrigin(), image.GetDirection()):
         mask.CopyInformation(image)  # equal within tolerance: make it exact for later stages
@@ -112,5 +115,7 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False):
     if case.mask_label not in labels:
         raise CaseError(case.case_id, f"mask has no voxel with label {case.mask_label} "
                         f"(labels present: {labels})")
+    if len(labels) > 1 and notes is not None:
+        notes.append(f"mask holds labels {labels}; label {case.mask_label} is the ROI (mask_label)")
     binary = sitk.Cast(mask == case.mask_label, sitk.sitkUInt8)
     return image, binary

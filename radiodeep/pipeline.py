@@ -82,6 +82,8 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     if report.problems:
         raise RunError("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in report.problems))
     cohort = report.cohort
+    for note in report.notes:
+        log.info("%s", note)
     if report.failures:
         listing = "\n".join(f"  - case {f.case_id}: {f.reason}" for f in report.failures)
         if config.cohort.on_invalid == "error":

@@ -24,6 +24,7 @@ class CohortReport:
     cohort: Cohort | None
     problems: list[str] = field(default_factory=list)  # manifest/config level: block any run
     failures: list[CaseFailure] = field(default_factory=list)  # per case
+    notes: list[str] = field(default_factory=list)  # per case, what was adapted (not a problem)
 
     @property
     def ok(self) -> bool:
@@ -48,9 +49,12 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
                 problems.append(f"evaluation.scheme external needs manifest column 'split' with value "
                                 f"{want!r}; found {sorted(s for s in splits if s) or 'none'}")
     failures: list[CaseFailure] = []
+    notes: list[str] = []
     if check_images:
         def check(case):
-            image, _ = read_case_images(case, cc.geometry_tolerance, cc.resample_mask)
+            said: list[str] = []
+            image, _ = read_case_images(case, cc.geometry_tolerance, cc.resample_mask, notes=said)
+            notes.extend(f"case {case.case_id}: {n}" for n in said)
             for seq in case.sequences:
                 other = read_image(seq, case.case_id, "sequence")
                 problem = geometry_mismatch(image, other, cc.geometry_tolerance, what="sequence")
@@ -59,7 +63,7 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
 
         failures = check_cases(_progress(cohort.cases, desc="checking cases", enabled=progress),
                                check, stage="input")
-    return CohortReport(cohort, problems, failures)
+    return CohortReport(cohort, problems, failures, notes)
 
 
 def check_routes(config: Config) -> list[str]:

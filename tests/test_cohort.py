@@ -80,6 +80,20 @@ def test_mask_label_column_selects_the_label(tmp_path):
     assert [c.mask_label for c in report.cohort.cases] == [2, 1]
 
 
+def test_mask_with_several_labels_uses_the_configured_one_and_says_which(tmp_path):
+    rows = cohort_dir(tmp_path, 2)
+    _, m = tiny_case(tmp_path / "data", "two", seed=0)
+    arr = sitk.GetArrayFromImage(read_image(tmp_path / "data" / m.name, "two", "mask"))
+    arr[0, 0, :3] = 3  # a second structure, e.g. an organ label beside the lesion
+    write_volume(tmp_path / "data" / m.name, arr.astype(np.uint8))
+    rows[0]["mask"] = f"data/{m.name}"
+    report = load_cohort(config_for(tmp_path, rows))
+    assert report.ok, report.lines()
+    assert report.notes == ["case c0: mask holds labels [1, 3]; label 1 is the ROI (mask_label)"]
+    _, mask = read_case_images(report.cohort.cases[0])
+    assert int(sitk.GetArrayViewFromImage(mask).max()) == 1 and int(sitk.GetArrayViewFromImage(mask)[0, 0, :3].sum()) == 0
+
+
 def test_resample_mask_opt_in_fixes_spacing_mismatch(tmp_path):
     rows = cohort_dir(tmp_path, 2)
     _, m = tiny_case(tmp_path / "data", "sp", mask_spacing=(1.2, 1.0, 2.0))
