@@ -275,6 +275,73 @@ def test_settings_change_recomputes_and_keeps_the_old_results(tmp_path, fast_par
     assert extract_handcrafted(cohort, two, progress=False).provenance["n_computed"] == 2
 
 
+def _params_config(tmp_path: Path, name: str, params: dict, cache: Path, **handcrafted):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(json.dumps(params), encoding="utf-8")
+    cfg = make_config(tmp_path, {"params": str(p), **handcrafted})
+    cfg.execution.cache_dir = cache
+    return cfg
+
+
+def test_an_added_filter_or_class_computes_only_what_it_adds(tmp_path):
+    """Image types and classes key parts of a row: adding a filter computes that filter's
+    features only, adding a class that class only; the table equals a cold run's, columns
+    in the same order; what is removed stays cached for when it comes back."""
+    cohort = breast_cohort(tmp_path, 2)
+    first = {"setting": {"binWidth": 25}, "featureClass": {"shape": [], "firstorder": []}}
+    plus_log = {**first, "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 2.0]}}}
+    plus_glcm = {**plus_log, "featureClass": {"shape": [], "firstorder": [], "glcm": ["Contrast"]}}
+    inc = tmp_path / "incremental"
+    a = extract_handcrafted(cohort, _params_config(tmp_path, "a", first, inc), progress=False)
+    assert a.provenance["units_computed"] == ["Original/firstorder", "shape"]
+    b = extract_handcrafted(cohort, _params_config(tmp_path, "b", plus_log, inc), progress=False)
+    assert b.provenance["settings_hash"] == a.provenance["settings_hash"]
+    assert b.provenance["n_computed"] == 2 and b.provenance["n_computed_in_part"] == 2
+    assert b.provenance["units_computed"] == ["LoG/firstorder"]
+    c = extract_handcrafted(cohort, _params_config(tmp_path, "c", plus_glcm, inc), progress=False)
+    assert c.provenance["units_computed"] == ["LoG/glcm", "Original/glcm"]
+    cold = extract_handcrafted(cohort, _params_config(tmp_path, "cold", plus_glcm, tmp_path / "cold"),
+                               progress=False)
+    assert cold.provenance["n_computed_in_part"] == 0
+    pd.testing.assert_frame_equal(c.features, cold.features)  # values and column order
+    assert list(c.features.columns[:3]) == ["original_shape_Elongation", "original_shape_Flatness",
+                                            "original_shape_LeastAxisLength"]
+    assert "log-sigma-2-0-mm-3D_glcm_Contrast" in c.features.columns
+    # back to the first parameters: all cached, the first table again
+    again = extract_handcrafted(cohort, _params_config(tmp_path, "a", first, inc), progress=False)
+    assert again.provenance["n_computed"] == 0 and again.provenance["units_computed"] == []
+    pd.testing.assert_frame_equal(again.features, a.features)
+    # a changed filter setting recomputes that filter only
+    other_sigma = {**plus_glcm, "imageType": {"Original": {}, "LoG": {"sigma": [3.0]}}}
+    d = extract_handcrafted(cohort, _params_config(tmp_path, "d", other_sigma, inc), progress=False)
+    assert d.provenance["units_computed"] == ["LoG/firstorder", "LoG/glcm"]
+    assert "log-sigma-3-0-mm-3D_firstorder_Mean" in d.features.columns
+    assert not any(col.startswith("log-sigma-1-0") for col in d.features.columns)
+
+
+def test_cache_units_name_every_feature():
+    params = {"imageType": {"Original": {}, "Wavelet": {}, "Square": {}, "SquareRoot": {}},
+              "featureClass": {"shape": [], "firstorder": ["Mean"], "glszm": []}}
+    units = hc.cache_units(params)
+    assert [u.label for u in units] == ["shape", "Original/firstorder", "Original/glszm", "Wavelet/firstorder",
+                                        "Wavelet/glszm", "Square/firstorder", "Square/glszm",
+                                        "SquareRoot/firstorder", "SquareRoot/glszm"]
+    names = ["original_shape_Sphericity", "wavelet-LLH_firstorder_Mean", "wavelet2-HHH_glszm_ZonePercentage",
+             "square_firstorder_Mean", "squareroot_firstorder_Mean"]
+    parts = {u.label: names_ for u in units for k, names_ in hc.split_into_units(
+        dict.fromkeys(names, 1.0), units).items() if k == u.key}
+    assert parts["shape"] == ["original_shape_Sphericity"]
+    assert parts["Wavelet/firstorder"] == ["wavelet-LLH_firstorder_Mean"]
+    assert parts["Wavelet/glszm"] == ["wavelet2-HHH_glszm_ZonePercentage"]
+    assert parts["Square/firstorder"] == ["square_firstorder_Mean"]
+    assert parts["SquareRoot/firstorder"] == ["squareroot_firstorder_Mean"]
+    assert parts["Original/glszm"] == []
+    # the parameters for some units: their image types and classes only
+    sub = hc.params_for_units(params, [units[4]])
+    assert sub["imageType"] == {"Wavelet": {}} and sub["featureClass"] == {"glszm": []}
+    assert hc.params_for_units(params, [units[0]])["imageType"] == {"Original": {}}
+
+
 def test_edited_input_recomputes_only_that_case(tmp_path, fast_params):
     cfg = make_config(tmp_path, {"params": str(fast_params)})
     cohort = breast_cohort(tmp_path, 3, copy=True)

@@ -33,6 +33,7 @@ import logging
 import re
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,11 +43,11 @@ import SimpleITK as sitk
 import yaml
 
 from ..cohort import Case, Cohort
-from ..config import CohortConfig, Config, ConfigError, HandcraftedConfig, RoiConfig, _suggest
+from ..config import CohortConfig, Config, ConfigError, HandcraftedConfig, RoiConfig, _suggest, settings_hash
 from ..errors import CaseError, CaseFailure
 from ..execution import map_cases
 from ..imageio import read_case_images
-from .store import FeatureStore, RouteResult, file_fingerprint
+from .store import CacheEntry, FeatureStore, RouteResult, file_fingerprint
 
 __all__ = [
     "ROUTE",
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 ROUTE = "handcrafted"
 DIAGNOSTICS_PREFIX = "diagnostics_"
 WARNINGS_KEY = "diagnostics_radiodeep_Warnings"  # PyRadiomics' warnings for the case, joined
-CACHE_FORMAT = 1  # bump when what is cached per case changes meaning
+CACHE_FORMAT = 2  # bump when what is cached per case changes meaning
 _STAGE = ROUTE
 
 
@@ -361,6 +362,102 @@ def _shape2d_of_flat_axis_first(image, mask, params: Mapping[str, Any]) -> dict:
     return {k: v for k, v in out.items() if k.startswith("original_shape2D_")}
 
 
+# --------------------------------------------------------------------------- cache units
+# A case's cached row is kept in units: one per (image type, feature class) of the parameters,
+# and one per shape class (PyRadiomics computes shape once, on the original image, whatever the
+# image types). The store's key covers everything else (settings, mode, PyRadiomics version,
+# input checks). So a rerun after a filter or a class is added or changed computes only the
+# units a case lacks (all of them in one PyRadiomics call: a cold run costs what it did), and
+# every row's columns follow the parameters' order, whatever was computed when.
+_TYPE_NAMES = {  # image type -> the names PyRadiomics gives its images (radiomics.imageoperations)
+    "Original": re.compile(r"original"),
+    "LoG": re.compile(r"log-sigma-.+"),
+    "Wavelet": re.compile(r"wavelet\d*-[LH]+"),
+    "Square": re.compile(r"square"),
+    "SquareRoot": re.compile(r"squareroot"),
+    "Logarithm": re.compile(r"logarithm"),
+    "Exponential": re.compile(r"exponential"),
+    "Gradient": re.compile(r"gradient"),
+    "LBP2D": re.compile(r"lbp-2D"),
+    "LBP3D": re.compile(r"lbp-3D-.+"),
+}
+_WHOLE = "*"  # an image type radiodeep cannot name: the row is one unit
+
+
+@dataclass(frozen=True)
+class CacheUnit:
+    """A part of a case's row computed under one part of the parameters."""
+
+    image_type: str | None  # None: a shape class; _WHOLE: every feature
+    type_args: str  # canonical JSON of the image type's own settings
+    feature_class: str
+    features: str  # canonical JSON of the class's feature list ([] = all)
+
+    @property
+    def key(self) -> str:
+        return settings_hash([self.image_type, self.type_args, self.feature_class, self.features], n=16)
+
+    @property
+    def label(self) -> str:
+        return self.feature_class if self.image_type is None else f"{self.image_type}/{self.feature_class}"
+
+
+def _types_and_classes(run_params: Mapping[str, Any]) -> tuple[dict, dict]:
+    """The image types and feature classes PyRadiomics enables for these parameters."""
+    types = dict(run_params.get("imageType") or {"Original": {}})
+    classes = dict(run_params.get("featureClass") or {})
+    if not classes:  # PyRadiomics: no featureClass section means every class
+        radiomics, _ = _radiomics()
+        classes = {name: [] for name in radiomics.getFeatureClasses()}
+        if not (run_params.get("setting") or {}).get("force2D"):
+            del classes["shape2D"]  # computed only with force2D: PyRadiomics would just warn
+    return types, classes
+
+
+def cache_units(run_params: Mapping[str, Any]) -> list[CacheUnit]:
+    """The units of a row for these parameters, in column order: shape classes first (as
+    PyRadiomics computes them), then each image type's classes in the parameters' order."""
+    types, classes = _types_and_classes(run_params)
+    if any(t not in _TYPE_NAMES for t in types):
+        return [CacheUnit(_WHOLE, _canonical(types), _WHOLE, _canonical(classes))]
+    units = [CacheUnit(None, "null", c, _canonical(f or [])) for c, f in classes.items() if c.startswith("shape")]
+    units += [CacheUnit(t, _canonical(a or {}), c, _canonical(f or []))
+              for t, a in types.items() for c, f in classes.items() if not c.startswith("shape")]
+    return units
+
+
+def params_for_units(run_params: Mapping[str, Any], units: list[CacheUnit]) -> dict:
+    """The parameters that compute ``units`` (a subset of ``run_params``'s) in one call."""
+    if any(u.image_type == _WHOLE for u in units):
+        return copy.deepcopy(dict(run_params))
+    types, classes = _types_and_classes(run_params)
+    p = copy.deepcopy(dict(run_params))
+    wanted_types = {u.image_type for u in units if u.image_type is not None}
+    wanted_classes = {u.feature_class for u in units}
+    p["imageType"] = {t: a for t, a in types.items() if t in wanted_types} or {"Original": {}}
+    p["featureClass"] = {c: f for c, f in classes.items() if c in wanted_classes}
+    return p
+
+
+def split_into_units(features: Mapping[str, float], units: list[CacheUnit]) -> dict[str, list[str]]:
+    """Feature names by unit key, for the units of one computation (each unit listed, even empty)."""
+    out: dict[str, list[str]] = {u.key: [] for u in units}
+    if len(units) == 1 and units[0].image_type == _WHOLE:
+        out[units[0].key] = list(features)
+        return out
+    by = {(u.image_type, u.feature_class): u.key for u in units}
+    for name in features:
+        prefix, cls, _ = (name.split("_", 2) + ["", ""])[:3]
+        kind = None if cls.startswith("shape") else next(
+            (t for t, pattern in _TYPE_NAMES.items() if pattern.fullmatch(prefix)), "?")
+        key = by.get((kind, cls))
+        if key is None:
+            raise RuntimeError(f"PyRadiomics feature {name!r} belongs to no requested image type and class "
+                               f"{sorted(u.label for u in units)}; please report this to radiodeep")
+        out[key].append(name)
+    return out
+
+
 # --------------------------------------------------------------------------- the route
 def _store_settings(params: Mapping[str, Any], mode: str, config: Config) -> dict:
     """What the cached rows depend on; any change here gives a fresh cache folder."""
@@ -368,7 +465,8 @@ def _store_settings(params: Mapping[str, Any], mode: str, config: Config) -> dic
         "cache_format": CACHE_FORMAT,
         "pyradiomics": pyradiomics_version(),
         "mode": mode,
-        "params": dict(params),
+        # image types and classes key each cached unit instead (cache_units)
+        "params": {k: v for k, v in params.items() if k not in ("imageType", "featureClass")},
         "input": {"geometry_tolerance": config.cohort.geometry_tolerance,
                   "resample_mask": config.cohort.resample_mask},
     }
@@ -399,7 +497,9 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
 
     Cached cases (same settings, same input files) are read back, the rest are
     computed (largest inputs first, for balanced workers) and each one cached as
-    soon as it is done. Failed cases are listed in ``failures``, never left as NaN.
+    soon as it is done; a case cached under other image types or feature classes
+    computes only the units it lacks (:func:`cache_units`). Failed cases are listed
+    in ``failures``, never left as NaN.
     """
     hc = config.features.handcrafted
     if hc is None:
@@ -410,39 +510,58 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
     if run_params != params:
         _validate(run_params, f"features.handcrafted (mode {hc.mode})")
 
+    units = cache_units(run_params)
     rows: dict[str, dict[str, float]] = {}
     diags: dict[str, dict[str, str]] = {}
     failures: list[CaseFailure] = []
     prints = {c.case_id: _fingerprint(c) for c in cohort.cases}
+    entries: dict[str, CacheEntry] = {}  # what is cached of the cases to compute
+    missing: dict[str, list[CacheUnit]] = {}
     todo: list[Case] = []
     for case in cohort.cases:
-        cached = store.load(case.case_id, prints[case.case_id])
-        if cached is None:
-            todo.append(case)
+        cid = case.case_id
+        entry = store.load_entry(cid, prints[cid])
+        lacking = [u for u in units if entry is None or u.key not in entry.units]
+        if not lacking:
+            rows[cid] = _row(entry, units)
+            diags[cid] = entry.diagnostics
             continue
-        rows[case.case_id] = cached
-        try:
-            diags[case.case_id] = store.load_diagnostics(case.case_id)
-        except Exception:  # noqa: BLE001 - diagnostics are informative only
-            diags[case.case_id] = {}
+        if entry is not None:
+            entries[cid] = entry
+        missing[cid] = lacking
+        todo.append(case)
     n_cached = len(rows)
-    log.info("handcrafted: %d case(s) cached, %d to compute (settings %s)", n_cached, len(todo), store.key)
+    log.info("handcrafted: %d case(s) cached, %d to compute%s (settings %s)", n_cached, len(todo),
+             f", {len(entries)} of them in part" if entries else "", store.key)
 
-    todo.sort(key=_input_size, reverse=True)
-    work = functools.partial(extract_case, params=params, mode=hc.mode, roi_cfg=config.roi,
-                             cohort_cfg=config.cohort)
+    # cases that lack the same units share one parameter set (usually all of them: one group)
+    groups: dict[tuple[str, ...], list[Case]] = {}
+    for case in todo:
+        groups.setdefault(tuple(u.key for u in missing[case.case_id]), []).append(case)
     ex = config.execution
     n_computed = 0
-    for case, out in map_cases(work, todo, n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address,
-                               progress=progress, desc="handcrafted features"):
-        if isinstance(out, BaseException):
-            failures.append(CaseFailure.from_error(out, case.case_id, _STAGE))
-            continue
-        feats, diag = out
-        store.save(case.case_id, feats, prints[case.case_id], diag)
-        n_computed += 1
-        rows[case.case_id] = feats
-        diags[case.case_id] = diag
+    computed_units: set[str] = set()
+    for group in groups.values():
+        part = params_for_units(run_params, missing[group[0].case_id])
+        done = cache_units(part)  # every combination of the lacking units' image types and classes
+        group.sort(key=_input_size, reverse=True)
+        work = functools.partial(extract_case, params=part, mode=hc.mode, roi_cfg=config.roi,
+                                 cohort_cfg=config.cohort)
+        for case, out in map_cases(work, group, n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address,
+                                   progress=progress, desc="handcrafted features"):
+            cid = case.case_id
+            if isinstance(out, BaseException):
+                failures.append(CaseFailure.from_error(out, cid, _STAGE))
+                continue
+            feats, diag = out
+            old = entries.get(cid) or CacheEntry({}, {}, {})
+            merged = CacheEntry({**old.features, **feats}, {**old.diagnostics, **diag},
+                                {**old.units, **split_into_units(feats, done)})
+            store.save(cid, merged.features, prints[cid], merged.diagnostics, merged.units)
+            n_computed += 1
+            computed_units.update(u.label for u in done)
+            rows[cid] = _row(merged, units)
+            diags[cid] = merged.diagnostics
 
     columns, odd = _reference_columns(rows)
     for cid, reason in odd.items():
@@ -469,6 +588,8 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
         "n_cases": len(cohort.cases),
         "n_cached": n_cached,
         "n_computed": n_computed,
+        "n_computed_in_part": sum(1 for cid in entries if cid in rows),
+        "units_computed": sorted(computed_units),
         "n_failed": len(failures),
         "execution": {"backend": ex.backend, "n_jobs": ex.n_jobs, "address": ex.address},
     }
@@ -479,6 +600,10 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
     log.info("handcrafted: %d cases x %d features (%d computed, %d cached, %d failed)",
              features.shape[0], features.shape[1], provenance["n_computed"], n_cached, len(failures))
     return RouteResult(ROUTE, features, failures, provenance, diagnostics)
+
+
+def _row(entry: CacheEntry, units: list[CacheUnit]) -> dict[str, float]:
+    return {name: entry.features[name] for u in units for name in entry.units[u.key]}
 
 
 def _reference_columns(rows: Mapping[str, Mapping[str, float]]) -> tuple[list[str], dict[str, str]]:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from ..config import settings_hash
 
-__all__ = ["FeatureStore", "RouteResult", "file_fingerprint", "export_csv"]
+__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv"]
 
 
 def file_fingerprint(*paths: Path | str) -> str:
@@ -45,6 +46,13 @@ def _safe(case_id: str) -> str:
     if safe != case_id:  # keep distinct ids distinct after sanitising
         safe += "-" + settings_hash(case_id, n=6)
     return safe
+
+
+@dataclass
+class CacheEntry:
+    features: dict[str, float]
+    diagnostics: dict[str, str]
+    units: dict[str, list[str]] = field(default_factory=dict)
 
 
 class FeatureStore:
@@ -76,6 +84,21 @@ class FeatureStore:
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
             return None
 
+    def load_entry(self, case_id: str, fingerprint: str | None = None) -> "CacheEntry | None":
+        """Features, diagnostics and units of a cached case in one read (None as :meth:`load`)."""
+        p = self.path(case_id)
+        if not p.exists():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if fingerprint is not None and str(z["fingerprint"]) != fingerprint:
+                    return None
+                features = dict(zip(z["names"].tolist(), z["values"].astype(float).tolist()))
+                units = json.loads(str(z["units"])) if "units" in z.files else {}
+                return CacheEntry(features, json.loads(str(z["diagnostics"])), units)
+        except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
+            return None
+
     def load_diagnostics(self, case_id: str) -> dict[str, str]:
         p = self.path(case_id)
         with np.load(p, allow_pickle=False) as z:
@@ -85,7 +108,10 @@ class FeatureStore:
         return self.load(case_id, fingerprint) is not None
 
     def save(self, case_id: str, features: Mapping[str, float], fingerprint: str = "",
-             diagnostics: Mapping[str, Any] | None = None) -> Path:
+             diagnostics: Mapping[str, Any] | None = None,
+             units: Mapping[str, list[str]] | None = None) -> Path:
+        """Write a case's row atomically. ``units`` (unit key -> feature names) says which parts
+        of the row were computed under which part of the settings (the handcrafted route)."""
         names = np.array(list(features.keys()), dtype=str)
         values = np.array([float(v) for v in features.values()], dtype=np.float64)
         p = self.path(case_id)
@@ -94,7 +120,8 @@ class FeatureStore:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, names=names, values=values, fingerprint=np.array(fingerprint),
                          case_id=np.array(case_id),
-                         diagnostics=np.array(json.dumps(dict(diagnostics or {}), default=str)))
+                         diagnostics=np.array(json.dumps(dict(diagnostics or {}), default=str)),
+                         units=np.array(json.dumps(dict(units or {}))))
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
