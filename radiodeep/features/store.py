@@ -73,19 +73,12 @@ class FeatureStore:
 
     def load(self, case_id: str, fingerprint: str | None = None) -> dict[str, float] | None:
         """The cached row, or None when absent, unreadable or made from other inputs."""
-        p = self.path(case_id)
-        if not p.exists():
-            return None
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if fingerprint is not None and str(z["fingerprint"]) != fingerprint:
-                    return None
-                return dict(zip(z["names"].tolist(), z["values"].astype(float).tolist()))
-        except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
-            return None
+        entry = self.load_entry(case_id, fingerprint)
+        return None if entry is None else entry.features
 
     def load_entry(self, case_id: str, fingerprint: str | None = None) -> "CacheEntry | None":
-        """Features, diagnostics and units of a cached case in one read (None as :meth:`load`)."""
+        """Features, diagnostics and units of a cached case in one read, or None when absent,
+        unreadable or made from other inputs."""
         p = self.path(case_id)
         if not p.exists():
             return None
