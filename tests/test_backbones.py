@@ -43,11 +43,16 @@ def test_alexnet_fc7_and_fc6_give_4096_values(alexnet):
     assert prov["kind"] == "random" and prov["seed"] == 0
 
 
-def test_vgg16_fc7_gives_4096_values():
-    model, _ = load_backbone("vgg16", None)
-    x = _batch(n=1, size=32, model=model, name="vgg16")
-    assert feature_extractor(model, "vgg16", "fc7", "post_relu")(x).shape == (1, 4096)
-    assert feature_extractor(model, "vgg16", "fc6", "pre_relu")(x).shape == (1, 4096)
+@pytest.mark.parametrize("name", ["vgg16", "vgg19"])
+def test_vgg_fc6_fc7_give_4096_values_pre_and_post_relu(name):
+    model, _ = load_backbone(name, None)
+    x = _batch(n=2, size=32, model=model, name=name)
+    for layer in ("fc6", "fc7"):
+        pre = feature_extractor(model, name, layer, "pre_relu")(x)
+        post = feature_extractor(model, name, layer, "post_relu")(x)
+        assert pre.shape == post.shape == (2, 4096)
+        assert (pre < 0).any() and (post >= 0).all() and (post > 0).any(), layer
+        torch.testing.assert_close(post, torch.relu(pre), rtol=0, atol=0)
 
 
 def test_pre_relu_has_negatives_post_relu_has_none(alexnet):

@@ -261,3 +261,13 @@ def test_cnn_f_needs_its_input_size(tmp_path, cohort_files):
 def test_feature_names_are_stable():
     assert feature_names("vgg16", "fc7", "g", 3) == ["vgg16_fc7_g_0000", "vgg16_fc7_g_0001", "vgg16_fc7_g_0002"]
     assert feature_names("alexnet", "features.10", "r", 43264)[-1] == "alexnet_features-10_r_43263"
+
+
+def test_device_choice():
+    from radiodeep.features.deep import pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
+            pick_device("cuda")
