@@ -87,10 +87,9 @@ def resample_like(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
 def mask_labels(mask: sitk.Image) -> list[int]:
     """The non-zero label values of a mask, ascending."""
     arr = sitk.GetArrayViewFromImage(mask)
-    if arr.dtype.kind in "ub" or (arr.dtype.kind == "i" and arr.size and arr.min() >= 0):
-        if arr.size and int(arr.max()) < 1 << 16:  # a histogram: several times faster than sorting
-            counts = np.bincount(arr.ravel().astype(np.intp, copy=False))
-            return [int(v) for v in np.flatnonzero(counts) if v != 0]
+    if arr.size and arr.dtype.kind in "uib" and arr.min() >= 0 and int(arr.max()) < 1 << 16:
+        counts = np.bincount(arr.ravel().astype(np.intp, copy=False))  # several times faster than sorting
+        return [int(v) for v in np.flatnonzero(counts) if v != 0]
     return [int(v) for v in np.unique(arr) if v != 0]
 
 

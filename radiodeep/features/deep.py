@@ -35,6 +35,7 @@ from ..config import Config
 from ..errors import CaseError, CaseFailure
 from ..execution import WorkerDied, map_cases
 from ..imageio import read_case_images, read_image
+from ..qc import network_view_items
 from .backbones import (
     check_input_size,
     feature_extractor,
@@ -47,7 +48,6 @@ from .backbones import (
     weights_identity,
     weights_provenance,
 )
-from ..qc import network_view_items
 from .store import FeatureStore, RouteResult, file_fingerprint
 
 __all__ = ["deep_settings", "extract_deep", "feature_names", "pick_device", "ROUTE"]
@@ -246,9 +246,9 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
     :class:`CaseFailure` (stage ``deep``); the others go on. When ``qc`` is a list,
     ``(label, crop)`` items of :func:`~radiodeep.qc.network_view_items` (every slice; the RGB
     input for composite strategies) are appended for every case in cohort order, cached ones
-    included (those are read and cropped again, not run through the network). Reading and cropping run in ``execution.n_jobs`` worker processes
-    (or on Dask) while this process feeds the network; at most ``2 * n_jobs`` prepared
-    cases wait at a time.
+    included (those are read and cropped again, not run through the network). Reading and
+    cropping run in ``execution.n_jobs`` worker processes (or on Dask) while this process
+    feeds the network; at most ``2 * n_jobs`` prepared cases wait at a time.
     """
     deep = _deep_config(config)
     errors = deep_config_errors(config)
