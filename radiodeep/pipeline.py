@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .config import Config
 from .errors import CaseFailure
@@ -97,33 +96,23 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     return cohort
 
 
-def _extractor(route: str):
-    if route == "handcrafted":
-        from .features.handcrafted import extract_handcrafted
+def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = False) -> dict[str, RouteResult]:
+    """Every configured route through the one route interface: its settings slice (resolved
+    once, its cache key) in; features, failures and (when asked) contact-sheet previews out."""
+    from .features.routes import RunContext, configured_routes, get_route
 
-        return extract_handcrafted
-    from .features.deep import extract_deep
-
-    return extract_deep
-
-
-def extract_routes(cohort, config: Config, *, progress: bool, qc: list | None = None) -> dict[str, RouteResult]:
+    context = RunContext.from_config(config, progress=progress, previews=previews)
     results = {}
-    for route in ROUTES:
-        if getattr(config.features, route) is None:
-            continue
+    for name in configured_routes(config):
         t0 = time.perf_counter()
-        log.info("extracting %s features for %d cases", route, len(cohort))
-        extract = _extractor(route)
-        kwargs = {"progress": progress}
-        if route == "deep" and qc is not None:
-            kwargs["qc"] = qc
-        res = extract(cohort, config, **kwargs)
+        log.info("extracting %s features for %d cases", name, len(cohort))
+        route = get_route(name)
+        res = route.extract(cohort, route.settings_from_config(config), context)
         for f in res.failures:
-            log.warning("case %s failed in %s route: %s", f.case_id, route, f.reason)
-        log.info("%s: %d cases x %d features in %.1f s (%d failed)", route, res.features.shape[0],
+            log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
+        log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
                  res.features.shape[1], time.perf_counter() - t0, len(res.failures))
-        results[route] = res
+        results[name] = res
     return results
 
 
@@ -250,7 +239,7 @@ def run(config: Config, only: str | None = None) -> RunResult:
     cohort = prepare(config, progress, extracting=only != "evaluate")
     result = RunResult(output_dir=out)
     env = environment()
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     failures: list[CaseFailure] = list(cohort.excluded)
@@ -258,8 +247,8 @@ def run(config: Config, only: str | None = None) -> RunResult:
     if only == "evaluate":
         routes = _read_exported(config)
     else:
-        qc: list = []
-        routes = extract_routes(cohort, config, progress=progress, qc=qc)
+        routes = extract_routes(cohort, config, progress=progress, previews=True)
+        previews = [item for res in routes.values() for item in res.previews]
         for name, res in routes.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
@@ -267,10 +256,10 @@ def run(config: Config, only: str | None = None) -> RunResult:
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
-        if qc:
+        if previews:
             from .qc import contact_sheet as write_sheet
 
-            write_sheet(qc, contact_sheet)
+            write_sheet(previews, contact_sheet)
     result.failures = _failures_frame(failures)
     result.failures.to_csv(out / "failures.csv", index=False)
     if only == "extract":
