@@ -590,3 +590,18 @@ def test_2d_parameter_file_in_3d_mode_says_use_mode_2d(tmp_path):
     with pytest.raises(ConfigError, match="use features.handcrafted.mode: 2d"):
         handcrafted_settings(HandcraftedConfig(params=p, mode="3d"), tmp_path)
     assert handcrafted_settings(HandcraftedConfig(params=p, mode="2d"), tmp_path)["setting"]["force2D"] is True
+
+
+def test_edited_cache_entry_is_recomputed_and_counted(tmp_path, fast_params):
+    cfg = make_config(tmp_path, {"params": str(fast_params)})
+    cohort = breast_cohort(tmp_path, 3)
+    first = extract_handcrafted(cohort, cfg, progress=False)
+    entry = cfg.cache_dir / "handcrafted" / first.provenance["settings_hash"] / "b1.npz"
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["values"] = arrays["values"] * 2  # the edit: values x 2, same fingerprint
+    with open(entry, "wb") as fh:
+        np.savez(fh, **arrays)
+    again = extract_handcrafted(cohort, cfg, progress=False)
+    assert (again.provenance["n_cache_damaged"], again.provenance["n_computed"]) == (1, 1)
+    pd.testing.assert_frame_equal(again.features, first.features)
