@@ -257,8 +257,8 @@ class SelectConfig(_Strict):
         return self
 
 
-CLASSIFIERS = ("random_forest", "svm_rbf", "svm_linear", "naive_bayes", "logistic_regression",
-               "decision_tree")
+# the one list of classifier names lives with the code that builds them
+from .experiment import CLASSIFIERS  # noqa: E402
 
 
 class ClassifierConfig(_Strict):

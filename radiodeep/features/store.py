@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..config import settings_hash
 
-__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv"]
+__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv", "read_features"]
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,9 @@ def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
-    df.to_csv(tmp, index=True, float_format="%.10g")
+    # no float_format: pandas writes each float's shortest repr, which read_features reads back
+    # bit for bit (exact ties between features survive; evaluation sees the extracted numbers)
+    df.to_csv(tmp, index=True, float_format=None)
     os.replace(tmp, path)
     prov = dict(provenance)
     prov.setdefault("n_cases", int(df.shape[0]))
@@ -163,6 +165,12 @@ def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]
     _atomic_write_bytes(path.with_suffix(".provenance.json"),
                         json.dumps(prov, indent=2, sort_keys=True, default=str).encode())
     return path
+
+
+def read_features(path: Path | str) -> pd.DataFrame:
+    """A feature table written by :func:`export_csv`: the same float64 values, bit for bit."""
+    df = pd.read_csv(path, index_col="case_id", dtype={"case_id": str}, float_precision="round_trip")
+    return df.astype(np.float64)
 
 
 class RouteResult:
