@@ -44,7 +44,7 @@ def check_writable(path: Path) -> str | None:
     for parent in [path, *path.parents]:
         if parent.exists():
             if not parent.is_dir():
-                return (f"output folder {path} cannot be made: {parent} is a file; move that file "
+                return (f"output folder {path} is not writable: {parent} is a file; move that file "
                         "or choose another output folder with --output")
             break
     try:

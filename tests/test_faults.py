@@ -251,7 +251,7 @@ def test_output_path_that_is_a_file(tmp_path, capsys):
     (tmp_path / "results").write_text("in the way", encoding="utf-8")
     assert main(["run", str(path)]) == 1
     last = one_line_no_traceback(capsys.readouterr().err)
-    assert str(tmp_path / "results") in last and "is a file" in last and "--output" in last
+    assert str(tmp_path / "results") in last and "is a file" in last and "is not writable" in last and "--output" in last
 
 
 def test_read_only_output_folder(tmp_path, monkeypatch, capsys):
