@@ -183,12 +183,8 @@ def check_routes(config: Config) -> list[str]:
 
 
 def check_output_writable(path: Path) -> str | None:
-    """None when ``path`` can be created and written, else the reason."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".radiodeep-write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as err:
-        return f"output folder {path} is not writable: {err.strerror or err}"
-    return None
+    """None when ``path`` can be created and written, else the reason (a unique probe name:
+    processes probing one folder together never disturb each other)."""
+    from .outdir import check_writable
+
+    return check_writable(path)
