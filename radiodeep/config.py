@@ -64,6 +64,10 @@ class CohortConfig(_Strict):
         None, description="label value treated as the positive class (required for binary tasks)"
     )
     mask_label: int = Field(1, ge=1, description="label value of the ROI in the masks")
+    roi_name: str | int | None = Field(
+        None, description="for RTSTRUCT/DICOM-SEG masks: the ROI's exact name, a regular expression "
+                          "such as '(?i)^gtv', or a SEG segment number (a manifest roi_name column wins)"
+    )
     on_invalid: Literal["error", "skip"] = "error"
     geometry_tolerance: float = Field(
         1e-3, gt=0, description="relative tolerance for spacing/origin/direction agreement"

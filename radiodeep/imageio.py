@@ -101,6 +101,9 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False, notes
     what was adapted (the mask resampled, one label used of several) is appended to it.
     """
     image = read_image(case.image, case.case_id, "image")
+    dicom_mask = _dicom_mask(case, image, notes)
+    if dicom_mask is not None:
+        return image, dicom_mask
     mask = read_image(case.mask, case.case_id, "mask")
     problem = geometry_mismatch(image, mask, tol)
     if problem is not None:
@@ -123,3 +126,19 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False, notes
         notes.append(f"mask holds labels {labels}; label {case.mask_label} is the ROI (mask_label)")
     binary = sitk.Cast(mask == case.mask_label, sitk.sitkUInt8)
     return image, binary
+
+
+def _dicom_mask(case, image: sitk.Image, notes: list[str] | None) -> sitk.Image | None:
+    """The mask of a case whose ``mask`` is an RTSTRUCT or DICOM-SEG file, on the image's
+    grid (see :mod:`radiodeep.masks`); None for a label-map mask."""
+    from .masks import dicom_kind, read_dicom_mask
+
+    kind = dicom_kind(case.mask, case.case_id)
+    if kind is None:
+        return None
+    mask = read_dicom_mask(kind, case.mask, case.image, image, case.case_id,
+                           roi=getattr(case, "roi_name", None), cache_dir=getattr(case, "mask_cache", None),
+                           notes=notes)
+    if not mask_labels(mask):
+        raise CaseError(case.case_id, f"mask is empty: ROI of {case.mask.name} covers no voxel centre of the image")
+    return mask

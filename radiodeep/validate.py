@@ -39,7 +39,8 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
     cc = config.cohort
     try:
         cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=cc.mask_label,
-                                         sequences=cc.sequences, positive_label=cc.positive_label)
+                                         sequences=cc.sequences, positive_label=cc.positive_label,
+                                         roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks")
     except ValueError as err:
         return CohortReport(None, [str(err)])
     if config.evaluation.scheme == "external":
