@@ -96,8 +96,7 @@ def series_slices(image_path: Path, image: sitk.Image, case_id: str) -> SeriesSl
         return SeriesSlices({}, grid, None, False)
     origin = np.array(image.GetOrigin())
     normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
-    uid_to_slice: dict[str, int] = {}
-    positions = grid.copy()
+    found: list[tuple[float, str]] = []
     frames: set[str] = set()
     for f in sorted(p for p in image_path.iterdir() if p.is_file()):
         with f.open("rb") as fh:
@@ -107,14 +106,22 @@ def series_slices(image_path: Path, image: sitk.Image, case_id: str) -> SeriesSl
         ds = read_dataset(f, case_id, "image", header_only=True)
         if "ImagePositionPatient" not in ds:
             continue
-        pos = float(np.dot(np.asarray(ds.ImagePositionPatient, float) - origin, normal))
-        k = int(round(pos / spacing_z))
-        if not 0 <= k < nz:
-            continue  # another series in the folder: read_image refuses those anyway
-        uid_to_slice[str(ds.SOPInstanceUID)] = k
-        positions[k] = pos
+        found.append((float(np.dot(np.asarray(ds.ImagePositionPatient, float) - origin, normal)),
+                      str(ds.SOPInstanceUID)))
         if "FrameOfReferenceUID" in ds:
             frames.add(str(ds.FrameOfReferenceUID))
+    positions = grid.copy()
+    uid_to_slice: dict[str, int] = {}
+    if len(found) == nz:  # one file per slice: slice k is the k-th along the normal, gaps and all
+        for k, (pos, uid) in enumerate(sorted(found)):
+            uid_to_slice[uid] = k
+            positions[k] = pos
+    else:
+        for pos, uid in found:
+            k = int(round(pos / spacing_z))
+            if 0 <= k < nz:
+                uid_to_slice[uid] = k
+                positions[k] = pos
     if len(frames) > 1:
         raise CaseError(case_id, f"image series {image_path} mixes {len(frames)} frames of reference")
     return SeriesSlices(uid_to_slice, positions, frames.pop() if frames else None, True)

@@ -46,8 +46,20 @@ def rasterise_rtstruct(path: Path, image: sitk.Image, slices: SeriesSlices, roi:
                        case_id: str, notes: list[str] | None = None, ds=None) -> sitk.Image:
     """The ROI that ``roi`` picks in the RTSTRUCT at ``path``, as a uint8 mask (1 inside)
     on ``image``'s grid. ``slices`` tells which slice each referenced SOP instance is."""
-    said = notes if notes is not None else []
     ds = ds if ds is not None else read_dataset(Path(path), case_id, "RTSTRUCT")
+    try:
+        return _rasterise(path, ds, image, slices, roi, case_id, notes if notes is not None else [])
+    except (AttributeError, KeyError, ValueError, TypeError, IndexError) as err:
+        # a truncated or malformed file: pydicom reads what it can, the gaps show here
+        raise CaseError(case_id, f"RTSTRUCT {path} is malformed or truncated ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def _rasterise(path, ds, image, slices, roi, case_id, said: list[str]) -> sitk.Image:
+    for needed in ("StructureSetROISequence", "ROIContourSequence"):
+        if needed not in ds:
+            raise CaseError(case_id, f"RTSTRUCT {path} has no {needed}: the file is truncated or not a "
+                                     "structure set")
     names = roi_names(ds)
     number, note = choose(names, roi, case_id, "RTSTRUCT")
     name = names[number]
@@ -97,6 +109,9 @@ def _contours_by_slice(contours, image: sitk.Image, slices: SeriesSlices):
     for n, c in enumerate(contours, start=1):
         kind = str(c.get("ContourGeometricType", "CLOSED_PLANAR"))
         pts = np.asarray(c.get("ContourData", []), float)
+        if pts.size % 3 or ("NumberOfContourPoints" in c and int(c.NumberOfContourPoints) * 3 != pts.size):
+            counts["have a point count that does not match their data (skipped; truncated file?)"].append(str(n))
+            continue
         if kind != "CLOSED_PLANAR" or pts.size < 9:
             counts[f"not a closed polygon of 3 or more points ({kind})"].append(str(n))
             continue
