@@ -48,6 +48,8 @@ def _file(path: Path, sop_class: str, sop_uid: str) -> FileDataset:
     ds.SOPInstanceUID = sop_uid
     for k, v in PHI.items():
         setattr(ds, k, v)
+    ds.PatientSex, ds.StudyTime, ds.StudyID, ds.SeriesNumber = "O", "101010", "1", 1
+    ds.Manufacturer = "Quarkwood Devices"
     return ds
 
 
@@ -141,3 +143,40 @@ def slice_points(series: dict, k: float, xy: np.ndarray) -> np.ndarray:
 def circle(cx: float, cy: float, r: float, n: int = 180) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1)
+
+
+def write_seg(path: Path, series_folder: Path, labels: np.ndarray, *, kind: str = "BINARY",
+              n_segments: int | None = None, order: list[int] | None = None, omit_empty: bool = True) -> Path:
+    """A DICOM-SEG made by highdicom on the series in ``series_folder``.
+
+    ``labels`` is (slices, rows, columns): integer segment numbers (BINARY, LABELMAP) or
+    values in 0..1 (FRACTIONAL, one segment). ``order`` gives the slices in the order the
+    frames are written (to prove matching by reference, not by frame order)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    files = sorted(series_folder.glob("*.dcm"))
+    sources = [pydicom.dcmread(f) for f in files]
+    sources.sort(key=lambda d: int(d.InstanceNumber))
+    order = order if order is not None else list(range(len(sources)))
+    srcs = [sources[k] for k in order]
+    arr = labels[order]
+    n = n_segments or (1 if kind == "FRACTIONAL" else int(labels.max()))
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i, segment_label=f"Lesion {i}", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for i in range(1, n + 1)]
+    if kind == "FRACTIONAL":
+        pixels = arr.astype(np.float32)
+    elif kind == "LABELMAP":
+        pixels = arr.astype(np.uint8)
+    else:
+        pixels = np.stack([arr == i for i in range(1, n + 1)], axis=-1).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=srcs, pixel_array=pixels, segmentation_type=kind, segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(), series_number=99, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="radiodeep tests", manufacturer_model_name="synthetic", software_versions="1",
+        device_serial_number="1", omit_empty_frames=omit_empty, content_creator_name=PHI["OperatorsName"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return path

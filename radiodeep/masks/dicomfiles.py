@@ -23,7 +23,8 @@ __all__ = ["RTSTRUCT_SOP_CLASS", "SEG_SOP_CLASS", "SeriesSlices", "dicom_kind", 
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-_KINDS = {RTSTRUCT_SOP_CLASS: "rtstruct", SEG_SOP_CLASS: "seg"}
+LABEL_MAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+_KINDS = {RTSTRUCT_SOP_CLASS: "rtstruct", SEG_SOP_CLASS: "seg", LABEL_MAP_SEG_SOP_CLASS: "seg"}
 _LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -50,12 +51,17 @@ def dicom_kind(path: Path | str, case_id: str = "?") -> str | None:
     return None
 
 
-def read_dataset(path: Path, case_id: str, what: str, header_only: bool = False) -> pydicom.Dataset:
-    """Read a DICOM file; any failure is a :class:`CaseError` that names the file."""
+_SLICE_TAGS = ["SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "FrameOfReferenceUID"]
+
+
+def read_dataset(path: Path, case_id: str, what: str, header_only: bool = False,
+                 tags: list[str] | None = None) -> pydicom.Dataset:
+    """Read a DICOM file (only ``tags`` when given); any failure is a :class:`CaseError`
+    that names the file."""
     try:
         with warnings.catch_warnings():  # pydicom's value-length warnings: noise for a reader
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(path), stop_before_pixels=header_only)
+            ds = pydicom.dcmread(str(path), stop_before_pixels=header_only, specific_tags=tags)
             ds.SOPClassUID  # noqa: B018 - a file without one is no DICOM object we can use
             if not header_only:
                 for _ in ds.iterall():  # parse every element now: a truncated file fails here, not later
@@ -103,7 +109,7 @@ def series_slices(image_path: Path, image: sitk.Image, case_id: str) -> SeriesSl
             head = fh.read(132)
         if head[128:132] != b"DICM" and f.suffix.lower() != ".dcm":
             continue  # not a DICOM file (a README, a thumbnail): SimpleITK ignores it too
-        ds = read_dataset(f, case_id, "image", header_only=True)
+        ds = read_dataset(f, case_id, "image", header_only=True, tags=_SLICE_TAGS)
         if "ImagePositionPatient" not in ds:
             continue
         found.append((float(np.dot(np.asarray(ds.ImagePositionPatient, float) - origin, normal)),
