@@ -215,6 +215,14 @@ def test_corrupt_rtstruct_fails_naming_the_file(tmp_path):
         read_case_images(Case("c1", tmp_path / "ct", junk, "a"))
 
 
+def test_corrupt_slice_in_the_image_series_fails_naming_the_file(tmp_path):
+    series = write_ct_series(tmp_path / "ct", shape=(3, 16, 16))
+    rs = write_rtstruct(tmp_path / "RS.dcm", series, {"GTV": [_square_px(series, 1, 2.5, 6.5, 2.5, 6.5)]})
+    (tmp_path / "ct" / "slice999.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 40)
+    with pytest.raises(CaseError, match="slice999.dcm"):
+        read_case_images(Case("c1", tmp_path / "ct", rs, "a"))
+
+
 def test_mask_is_cached_by_file_hash_and_rule(tmp_path):
     series = write_ct_series(tmp_path / "ct", shape=(3, 16, 16))
     rs = write_rtstruct(tmp_path / "RS.dcm", series, {"GTV": [_square_px(series, 1, 2.5, 6.5, 2.5, 6.5)]})

@@ -21,6 +21,7 @@ The rule (``RULE_VERSION`` names it in the mask cache key):
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def rasterise_rtstruct(path: Path, image: sitk.Image, slices: SeriesSlices, roi:
     ds = ds if ds is not None else read_dataset(Path(path), case_id, "RTSTRUCT")
     try:
         return _rasterise(path, ds, image, slices, roi, case_id, notes if notes is not None else [])
-    except (AttributeError, KeyError, ValueError, TypeError, IndexError) as err:
+    except (AttributeError, KeyError, ValueError, TypeError, IndexError, struct.error) as err:
         # a truncated or malformed file: pydicom reads what it can, the gaps show here
         raise CaseError(case_id, f"RTSTRUCT {path} is malformed or truncated ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
