@@ -45,7 +45,8 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
     label, _ = config.roi_label()
     try:
         cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=label,
-                                         sequences=cc.sequences, positive_label=cc.positive_label)
+                                         sequences=cc.sequences, positive_label=cc.positive_label,
+                                         roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks")
     except ValueError as err:
         return CohortReport(None, [str(err)])
     if config.evaluation.scheme == "external":
@@ -80,7 +81,10 @@ def _header_geometry(case, policy: GeometryPolicy) -> None:
     with resample_mask the mask's own is left to the reader)."""
     image = image_info(case.image, case.case_id, "image")
     check_scalar(image, case.case_id, "image", case.image)
-    others = [("mask", case.mask)]
+    from .masks import dicom_kind
+
+    # an RTSTRUCT/DICOM-SEG mask has no grid of its own: it is drawn on the image's grid
+    others = [] if dicom_kind(case.mask, case.case_id) is not None else [("mask", case.mask)]
     others += [(f"sequence {i + 1} ({p.name})", p) for i, p in enumerate(case.sequences)]
     for what, path in others:
         other = image_info(path, case.case_id, what)
@@ -188,12 +192,8 @@ def check_routes(config: Config) -> list[str]:
 
 
 def check_output_writable(path: Path) -> str | None:
-    """None when ``path`` can be created and written, else the reason."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".radiodeep-write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as err:
-        return f"output folder {path} is not writable: {err.strerror or err}"
-    return None
+    """None when ``path`` can be created and written, else the reason (a unique probe name:
+    processes probing one folder together never disturb each other)."""
+    from .outdir import check_writable
+
+    return check_writable(path)

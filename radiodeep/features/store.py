@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..config import settings_hash
 
-__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv"]
+__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv", "read_features"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,27 @@ def file_fingerprint(*paths: Path | str) -> str:
     return settings_hash(parts, n=16)
 
 
+_MAX_NAME = 120  # bytes of a cache file's stem: well inside every file system's 255 (with ".npz")
+
+
 def _safe(case_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", case_id)
+    if len(safe) > _MAX_NAME:  # a long id: a prefix to recognise it, a hash to keep it unique
+        return safe[:_MAX_NAME - 17] + "-" + settings_hash(case_id, n=16)
     if safe != case_id:  # keep distinct ids distinct after sanitising
         safe += "-" + settings_hash(case_id, n=6)
     return safe
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _share_like_others(fd: int) -> None:
+    """mkstemp makes files owner-only (0600); outputs follow the umask like every other file."""
+    os.fchmod(fd, 0o666 & ~_umask())
 
 
 @dataclass
@@ -121,13 +137,16 @@ class FeatureStore:
         p = self.path(case_id)
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         try:
+            _share_like_others(fd)
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, names=names, values=values, fingerprint=np.array(fingerprint),
                          case_id=np.array(case_id), diagnostics=np.array(diag), units=np.array(unit_text),
                          checksum=np.array(_checksum(names, values, fingerprint, diag, unit_text)))
             os.replace(tmp, p)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError) and not err.filename:  # say which file (a disk full, ...)
+                raise OSError(err.errno, err.strerror or str(err), str(p)) from err
             raise
         return p
 
@@ -144,9 +163,14 @@ def _checksum(names: np.ndarray, values: np.ndarray, fingerprint: str, diagnosti
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        _share_like_others(fd)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]) -> Path:
@@ -154,15 +178,28 @@ def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    df.to_csv(tmp, index=True, float_format="%.10g")
-    os.replace(tmp, path)
+    try:
+        _share_like_others(fd)
+        os.close(fd)
+        # no float_format: pandas writes each float's shortest repr, which read_features reads back
+        # bit for bit (exact ties between features survive; evaluation sees the extracted numbers)
+        df.to_csv(tmp, index=True, float_format=None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     prov = dict(provenance)
     prov.setdefault("n_cases", int(df.shape[0]))
     prov.setdefault("n_features", int(df.shape[1]))
     _atomic_write_bytes(path.with_suffix(".provenance.json"),
                         json.dumps(prov, indent=2, sort_keys=True, default=str).encode())
     return path
+
+
+def read_features(path: Path | str) -> pd.DataFrame:
+    """A feature table written by :func:`export_csv`: the same float64 values, bit for bit."""
+    df = pd.read_csv(path, index_col="case_id", dtype={"case_id": str}, float_precision="round_trip")
+    return df.astype(np.float64)
 
 
 class RouteResult:
