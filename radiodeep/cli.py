@@ -54,6 +54,8 @@ def _cmd_validate(args) -> int:
     n = len(report.cohort) if report.cohort is not None else 0
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if report.ok:
         labels = report.cohort.labels
         counts = {v: labels.count(v) for v in sorted(set(labels))}

@@ -370,7 +370,7 @@ class Config(_Strict):
         if p is None:
             return None
         p = Path(p).expanduser()
-        return p if p.is_absolute() else (self._base_dir / p)
+        return p if p.is_absolute() else Path(os.path.normpath(self._base_dir / p))
 
     @property
     def output_dir(self) -> Path:

@@ -85,6 +85,8 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     cohort = report.cohort
     for note in report.notes:
         log.info("%s", note)
+    for warning in report.warnings:
+        log.warning("%s", warning)
     if report.failures:
         listing = "\n".join(f"  - case {f.case_id}: {f.reason}" for f in report.failures)
         if config.cohort.on_invalid == "error":

@@ -28,6 +28,7 @@ class CohortReport:
     problems: list[str] = field(default_factory=list)  # manifest/config level: block any run
     failures: list[CaseFailure] = field(default_factory=list)  # per case
     notes: list[str] = field(default_factory=list)  # per case, what was adapted (not a problem)
+    warnings: list[str] = field(default_factory=list)  # per case, what computes but means little
 
     @property
     def ok(self) -> bool:
@@ -57,6 +58,7 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
                                 f"{want!r}; found {sorted(s for s in splits if s) or 'none'}")
     failures: list[CaseFailure] = []
     notes: list[str] = []
+    warnings: list[str] = []
     if check_images:
         policy = GeometryPolicy.of(cc)
         needs = _route_needs(config)
@@ -66,14 +68,16 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
             said: list[str] = []
             image, mask = read_case_images(case, policy.tolerance, policy.resample_mask, notes=said)
             read_case_sequences(case, image, policy.tolerance)
+            notes.extend(f"case {case.case_id}: {n}" for n in said)
+            warned: list[str] = []
             try:
-                _route_case_problems(case, image, mask, needs, config, said)
+                _route_case_problems(case, image, mask, needs, config, warned)
             finally:
-                notes.extend(f"case {case.case_id}: {n}" for n in said)
+                warnings.extend(f"case {case.case_id}: {w}" for w in warned)
 
         failures = check_cases(_progress(cohort.cases, desc="checking cases", enabled=progress),
                                check, stage="input")
-    return CohortReport(cohort, problems, failures, notes)
+    return CohortReport(cohort, problems, failures, notes, warnings)
 
 
 def _header_geometry(case, policy: GeometryPolicy) -> None:

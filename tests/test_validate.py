@@ -174,7 +174,7 @@ def test_validate_names_what_would_fail_inside_pyradiomics(tmp_path):
     assert "spans 0 dimension(s) (1 voxel(s)" in reasons["c3"] and "minimumROIDimensions = 2" in reasons["c3"]
     for cid in ("c4", "c6", "c7"):
         assert "has 256 voxel(s), fewer than the parameter file's minimumROISize = 300" in reasons[cid]
-    assert any(n.startswith("case c5: the image is constant (every voxel is 7)") for n in report.notes)
+    assert any(w.startswith("case c5: the image is constant (every voxel is 7)") for w in report.warnings)
     # the same cohort with a small enough minimumROISize: the ordinary cases pass
     params.write_text("setting:\n  minimumROISize: 200\nfeatureClass:\n  firstorder:\n", encoding="utf-8")
     report = load_cohort(_config(tmp_path, rows, {"params": str(params)}))
