@@ -29,7 +29,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ import torch
 
 from .. import roi
 from ..config import Config, RoiConfig
-from ..errors import CaseError, CaseFailure
+from ..errors import CaseFailure
 from ..execution import map_cases
 from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
 from ..qc import network_view_items
