@@ -156,7 +156,10 @@ def check_values(img: sitk.Image, case_id: str = "?", what: str = "image", path:
     arr = sitk.GetArrayViewFromImage(img)
     where = f"{what} file {path}" if path is not None else what
     if arr.dtype.kind == "f":
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        flat = arr.reshape(-1)
+        step = 1 << 22  # in chunks: no temporary the size of the volume
+        bad = sum(int(c.size - np.count_nonzero(np.isfinite(c)))
+                  for c in (flat[i:i + step] for i in range(0, flat.size, step)))
         if bad:
             raise CaseError(case_id, f"{where} holds {bad} NaN or infinite voxel value(s) of {arr.size}; "
                                      "fix or re-export the image")

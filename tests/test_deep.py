@@ -318,3 +318,4 @@ def test_the_route_receives_only_its_settings_slice(tmp_path, cohort_files):
     context = RunContext(tmp_path / "cache", progress=False, previews=True)
     res = deep.extract(cohort, settings, context)
     assert len(res.previews) == 3 and res.provenance["cache"]["key"] == settings.cache_key()
+    assert res.provenance["roi_label"] == {"label": 1, "source": "default", "cases_with_own_label": {}}

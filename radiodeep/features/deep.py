@@ -67,7 +67,7 @@ SCHEMA = 2  # bump when the way values are computed changes (invalidates every c
 
 
 # --------------------------------------------------------------------------- settings
-def _runtime(default=None):
+def _unkeyed(default=None):
     return field(default=default, metadata={"cache_key": False})
 
 
@@ -90,10 +90,12 @@ class DeepSettings(RouteSettings):
     roi: dict
     sequences: list | None
     geometry: GeometryPolicy
-    weights_source: WeightsSource = _runtime()  # resolved once; read by the network loader
-    batch_size: int = _runtime(32)
-    device: str = _runtime("auto")
-    threads: int | None = _runtime()
+    weights_source: WeightsSource = _unkeyed()  # resolved once; read by the network loader
+    batch_size: int = _unkeyed(32)
+    device: str = _unkeyed("auto")
+    threads: int | None = _unkeyed()
+    roi_label: int = _unkeyed(1)  # each case's label is in its fingerprint (a manifest column may choose)
+    label_source: str = _unkeyed("default")
 
     @property
     def roi_config(self) -> RoiConfig:
@@ -117,7 +119,8 @@ def settings_from_config(config: Config) -> DeepSettings:
         slice_pooling=deep.slice_pooling, roi=config.roi.model_dump(mode="json"),
         sequences=list(config.cohort.sequences or []) if deep.channels == "sequences" else None,
         geometry=GeometryPolicy.of(config.cohort), weights_source=src, batch_size=deep.batch_size,
-        device=deep.device, threads=deep.threads)
+        device=deep.device, threads=deep.threads, roi_label=config.roi_label()[0],
+        label_source=config.roi_label()[1])
 
 
 def deep_settings(config: Config) -> dict[str, Any]:
@@ -418,6 +421,9 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         "route": ROUTE,
         **{k: v for k, v in key.items() if k not in ("weights", "schema", "route")},
         "resample_mask": settings.geometry.resample_mask,
+        "roi_label": {"label": settings.roi_label, "source": settings.label_source,
+                      "cases_with_own_label": {c.case_id: c.mask_label for c in cohort.cases
+                                               if c.mask_label != settings.roi_label}},
         "weights": weights_prov,
         "features_per_tag": table.shape[1] // len(tags) if ids else None,
         "tags": list(tags),
