@@ -299,7 +299,10 @@ def geometry_mismatch(image, mask, tol: float = 1e-3, what: str = "mask") -> str
     if ni != nm:
         return f"the image is {_shape_words(image)}, the {what} {_shape_words(mask)}"
     if image.GetDimension() != mask.GetDimension():
-        return f"dimension differs: image {image.GetDimension()}D, {what} {mask.GetDimension()}D"
+        words = {4: " (a 4D series: several volumes, e.g. time points; radiodeep needs one 3D volume)",
+                 2: " (a single slice)"}
+        return (f"dimension differs: image {image.GetDimension()}D{words.get(image.GetDimension(), '')}, "
+                f"{what} {mask.GetDimension()}D{words.get(mask.GetDimension(), '')}")
     if image.GetSize() != mask.GetSize():
         return f"size differs: image {tuple(image.GetSize())}, {what} {tuple(mask.GetSize())}"
     isp, msp = np.array(image.GetSpacing()), np.array(mask.GetSpacing())

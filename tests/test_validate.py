@@ -3,6 +3,7 @@ words, naming the case and the file (issue 11, items 1, 3 and 11)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,12 @@ def test_4d_nrrd_read_as_a_vector_image_is_named(tmp_path):
     reason = report.failures[0].reason
     assert "size differs" not in reason
     assert "5 values per voxel" in reason and "4D series" in reason
+    # the same series stored as a 4D scalar volume
+    four.write_text("NRRD0004\ntype: float\ndimension: 4\nsizes: 24 24 8 5\nencoding: raw\nendian: little\n"
+                    "data file: four.raw\n\n", encoding="utf-8")
+    os.utime(four, ns=(0, 10**18))
+    report = load_cohort(_config(tmp_path, rows))
+    assert "image 4D (a 4D series: several volumes" in report.failures[0].reason
 
 
 def test_header_only_and_semicolon_manifests_say_what_is_wrong(tmp_path):
