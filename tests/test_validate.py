@@ -28,8 +28,6 @@ def _volume(seed: int = 0) -> np.ndarray:
 
 def _corrupt_middle(path: Path, seed: int = 0, n: int = 200) -> None:
     """200 random bytes mid-stream, same size; the file is dated a second later, as a later copy is."""
-    import os
-
     data = bytearray(path.read_bytes())
     mid = len(data) // 2
     data[mid:mid + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
@@ -253,7 +251,6 @@ def test_4d_nrrd_read_as_a_vector_image_is_named(tmp_path):
     # the same series stored as a 4D scalar volume
     four.write_text("NRRD0004\ntype: float\ndimension: 4\nsizes: 24 24 8 5\nencoding: raw\nendian: little\n"
                     "data file: four.raw\n\n", encoding="utf-8")
-    os.utime(four, ns=(0, 10**18))
     report = load_cohort(_config(tmp_path, rows))
     assert "image 4D (a 4D series: several volumes" in report.failures[0].reason
 
