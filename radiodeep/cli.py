@@ -47,7 +47,15 @@ def _cmd_validate(args) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        print(str(err), file=sys.stderr)
+        if err.config is None:  # not even the schema holds: nothing more can be checked
+            print(str(err), file=sys.stderr)
+            return 2
+        # files missing or the label named twice: list the rest too (every problem in one pass)
+        problems = list(err.problems) + [p for p in check_routes(err.config) if "file not found" not in p]
+        if err.config.resolve(err.config.cohort.manifest).is_file():
+            more = load_cohort(err.config, check_images=not args.no_images, progress=args.progress)
+            problems += more.lines()
+        print(str(ConfigError(problems, err.source)), file=sys.stderr)
         return 2
     report = load_cohort(cfg, check_images=not args.no_images, progress=args.progress)
     report.problems[:0] = check_routes(cfg)

@@ -283,3 +283,19 @@ def test_validate_lists_every_class_of_problem_at_once(tmp_path, capsys, monkeyp
     assert "unknown key 'binWdith'" in err
     assert "ImageNet weights" in err and "not on this machine" in err
     assert "case c0: image file not found" in err
+
+
+def test_validate_lists_the_rest_when_a_file_is_missing(tmp_path, capsys, monkeypatch):
+    """A missing parameter file no longer hides the missing weights and the bad cases."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
+    rows = _study(tmp_path, 4)
+    rows[1]["mask"] = "data/gone.nrrd"
+    write_manifest(tmp_path / "cohort.csv", rows)
+    study = tmp_path / "study.yaml"
+    study.write_text("cohort: {manifest: cohort.csv, positive_label: short}\n"
+                     "features:\n  handcrafted: {params: missing.yaml}\n"
+                     "  deep: {backbone: alexnet, weights: IMAGENET1K_V1}\n", encoding="utf-8")
+    assert main(["validate", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("missing.yaml") == 1 and "file not found" in err
+    assert "ImageNet weights" in err and "case c1: mask file not found" in err
