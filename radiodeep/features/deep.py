@@ -106,12 +106,11 @@ def settings_from_config(config: Config) -> DeepSettings:
     """The deep route's settings, weights located once. Raises the first settings problem
     (:func:`config_problems` lists them all) as its own type (``WeightsNotFound``, ``ValueError``)."""
     deep = _deep_config(config)
-    errors = deep_config_errors(config)
+    resolved: dict[str, Any] = {}
+    errors = deep_config_errors(config, resolved)
     if errors:
         raise errors[0][1]
-    spec = get_spec(deep.backbone)
-    tap = resolve_layer(spec, deep.layer, deep.activation)
-    src = resolve_weights(deep.backbone, deep.weights, config.base_dir)
+    tap, src = resolved["tap"], resolved["weights"]  # located once, here
     return DeepSettings(
         schema=SCHEMA, backbone=deep.backbone, layer=deep.layer, module=tap.path, tap=tap.where,
         activation=deep.activation, weights=weights_identity(src),
@@ -151,10 +150,12 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if available else "cpu")
 
 
-def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
+def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tuple[str, Exception]]:
     """Every problem of the deep route's settings that shows before any image is read, as
     ``(config key, exception)``: backbone, layer and activation, input size, device, and
-    weights present on this machine (resolved, not read). Empty when the route is fine."""
+    weights present on this machine (resolved, not read). Empty when the route is fine.
+    ``resolved``, when given, receives what the checks resolved (``tap``, ``weights``)."""
+    resolved = {} if resolved is None else resolved
     deep = config.features.deep
     if deep is None:
         return []
@@ -164,14 +165,16 @@ def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
         return [("features.deep.backbone", err)]
     errors: list[tuple[str, Exception]] = []
     checks = (
-        ("features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
-        ("roi.size", lambda: _check_min_size(spec, config.roi.size)),
-        ("features.deep.device", lambda: pick_device(deep.device)),
-        ("features.deep.weights", lambda: resolve_weights(deep.backbone, deep.weights, config.base_dir)),
+        ("tap", "features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
+        ("", "roi.size", lambda: _check_min_size(spec, config.roi.size)),
+        ("", "features.deep.device", lambda: pick_device(deep.device)),
+        ("weights", "features.deep.weights", lambda: resolve_weights(deep.backbone, deep.weights, config.base_dir)),
     )
-    for key, check in checks:
+    for name, key, check in checks:
         try:
-            check()
+            value = check()
+            if name:
+                resolved[name] = value
         except (ValueError, FileNotFoundError) as err:
             errors.append((key, err))
     return errors
