@@ -140,6 +140,7 @@ def write_table(df: pd.DataFrame, path: Path, *, index: bool = False) -> Path:
 # --------------------------------------------------------------------------- the report
 def write_report(record: RunRecord, out_dir: Path) -> Path:
     """``report.html`` from the record and the tables it names in the same folder, nothing else."""
+    from .features.store import EXACT_FLOATS
     from .report import write_report as render
 
     out_dir = Path(out_dir)
@@ -148,7 +149,7 @@ def write_report(record: RunRecord, out_dir: Path) -> Path:
         name = record.outputs.get(role)
         if not name or not (out_dir / name).exists():
             return pd.DataFrame()
-        return pd.read_csv(out_dir / name, dtype={"case_id": str}, float_precision="round_trip")
+        return pd.read_csv(out_dir / name, dtype={"case_id": str}, **EXACT_FLOATS)
 
     sheet = record.outputs.get("contact_sheet")
     provenance = {
