@@ -247,7 +247,10 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable), encoding="utf-8")
+    from .record import _clean  # NaN -> null: strict JSON
+
+    path.write_text(json.dumps(_clean(json.loads(json.dumps(obj, default=_jsonable))), indent=2,
+                               sort_keys=True, allow_nan=False), encoding="utf-8")
 
 
 def _jsonable(v):

@@ -94,7 +94,7 @@ def check_report_numbers(out: Path) -> int:
         checked += 3
 
     # the confusion matrices and the line under each
-    cards = re.findall(r'<h3>(.*?)</h3>\s*<table class="cm">(.*?)</table>\s*<div class="sub">(.*?)</div>',
+    cards = re.findall(r'<h3>((?:[^<]|<wbr>)*)</h3>\s*<table class="cm">(.*?)</table>\s*<div class="sub">(.*?)</div>',
                        text, flags=re.S)
     assert len(cards) == len(metrics)
     for raw_name, table, line in cards:
