@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .config import Config
-from .errors import CaseFailure
+from .errors import CaseFailure, ExitCode, os_fault
 from .features.store import RouteResult, export_csv, read_features
-from .provenance import environment
+from .provenance import environment, shareable
 from .validate import check_output_writable, check_routes, load_cohort
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunError", "RunResult", "run", "extract_routes", "evaluate_experiments"]
+__all__ = ["RunError", "RunResult", "run", "exit_code", "extract_routes", "evaluate_experiments"]
 
 ROUTES = ("handcrafted", "deep")
 
@@ -75,6 +74,8 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     if reason:
         raise RunError(reason)
     problems = check_routes(config) if extracting else []
+    if not problems:
+        problems = k_problems(config)
     if problems:
         raise RunError("the feature settings cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
     # evaluation alone opens no image: the manifest's labels are all it needs
@@ -97,33 +98,69 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     return cohort
 
 
-def _extractor(route: str):
-    if route == "handcrafted":
-        from .features.handcrafted import extract_handcrafted
+def known_feature_counts(config: Config) -> dict[str, int]:
+    """Feature counts that are known before extraction (route -> count; routes whose count
+    depends on the data or on a parameter file are absent)."""
+    counts = {}
+    deep = config.features.deep
+    if deep is not None:
+        try:
+            import torch
+            import torchvision
 
-        return extract_handcrafted
-    from .features.deep import extract_deep
+            from .features.backbones import get_spec, resolve_layer
+            from .roi import view_tags
 
-    return extract_deep
+            spec = get_spec(deep.backbone)
+            if spec.family == "torchvision" and hasattr(torchvision.models, deep.backbone):
+                tap = resolve_layer(spec, deep.layer, deep.activation)
+                with torch.device("meta"):  # the shapes only: no memory, no weights
+                    module = getattr(torchvision.models, deep.backbone)().get_submodule(tap.path)
+                width = module.in_features if tap.where == "input" else module.out_features
+                counts["deep"] = int(width) * len(view_tags(deep.channels))
+        except Exception:  # noqa: BLE001 - unknown here: the experiment checks it after extraction
+            pass
+    return counts
 
 
-def extract_routes(cohort, config: Config, *, progress: bool, qc: list | None = None) -> dict[str, RouteResult]:
-    results = {}
-    for route in ROUTES:
-        if getattr(config.features, route) is None:
+def k_problems(config: Config) -> list[str]:
+    """Experiments whose ``k`` exceeds a feature count known before extraction."""
+    counts = known_feature_counts(config)
+    problems = []
+    for exp in config.experiments:
+        sel = exp.select
+        if sel.method == "none":
             continue
+        if sel.k_per_route is not None:
+            for r in exp.features:
+                if r in counts and sel.k_per_route > counts[r]:
+                    problems.append(f"experiment {exp.name}: k_per_route={sel.k_per_route} but route "
+                                    f"{r!r} gives {counts[r]} features; lower k_per_route")
+        elif isinstance(sel.k, int) and all(r in counts for r in exp.features):
+            total = sum(counts[r] for r in exp.features)
+            if sel.k > total:
+                problems.append(f"experiment {exp.name}: k={sel.k} but its route(s) "
+                                f"{'+'.join(exp.features)} give {total} features; lower k")
+    return problems
+
+
+def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = False) -> dict[str, RouteResult]:
+    """Every configured route through the one route interface: its settings slice (resolved
+    once, its cache key) in; features, failures and (when asked) contact-sheet previews out."""
+    from .features.routes import RunContext, configured_routes, get_route
+
+    context = RunContext.from_config(config, progress=progress, previews=previews)
+    results = {}
+    for name in configured_routes(config):
         t0 = time.perf_counter()
-        log.info("extracting %s features for %d cases", route, len(cohort))
-        extract = _extractor(route)
-        kwargs = {"progress": progress}
-        if route == "deep" and qc is not None:
-            kwargs["qc"] = qc
-        res = extract(cohort, config, **kwargs)
+        log.info("extracting %s features for %d cases", name, len(cohort))
+        route = get_route(name)
+        res = route.extract(cohort, route.settings_from_config(config), context)
         for f in res.failures:
-            log.warning("case %s failed in %s route: %s", f.case_id, route, f.reason)
-        log.info("%s: %d cases x %d features in %.1f s (%d failed)", route, res.features.shape[0],
+            log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
+        log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
                  res.features.shape[1], time.perf_counter() - t0, len(res.failures))
-        results[route] = res
+        results[name] = res
     return results
 
 
@@ -202,7 +239,9 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
     from .experiment import build_pipeline
 
     rows, preds, sels, errors = [], [], [], {}
-    for exp in config.experiments:
+    for i, exp in enumerate(config.experiments, 1):
+        log.info("experiment %d/%d: %s (%s, scheme %s)", i, len(config.experiments), exp.name,
+                 "+".join(exp.features), config.evaluation.scheme)
         try:
             frames = [tables[r] for r in exp.features]
             X = pd.concat(frames, axis=1, join="inner")
@@ -246,6 +285,14 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
     return metrics, predictions, selection, delong, errors
 
 
+def _metric_columns() -> list[str]:
+    """The columns of ``metrics.csv`` (those of any experiment's row)."""
+    from .stats import binary_metrics
+
+    demo = binary_metrics(np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.6, 0.4]), np.array([0, 1, 1, 0]))
+    return ["experiment", "routes", "selector", "k", "classifier", *demo]
+
+
 def _write_json(path: Path, obj) -> None:
     from .record import _clean  # NaN -> null: strict JSON
 
@@ -284,33 +331,74 @@ def run(config: Config, only: str | None = None) -> RunResult:
     manifest, features from the exported CSVs (checked against the config's route settings),
     failures from the record. A full run evaluates those same exported CSVs, so both give
     byte-identical metrics, predictions and selection tables.
+
+    The output folder is locked for the whole run (a second run on it is refused with the
+    first one's PID and start time). A foreseeable file-system fault (disk full, folder not
+    writable) stops the run with a :class:`RunError` naming the path and the fix; every case
+    finished before it stays cached.
     """
+    from .outdir import OutputLock, OutputLocked
+
+    out = config.output_dir
+    reason = check_output_writable(out)
+    if reason:
+        raise RunError(reason)
+    try:
+        with OutputLock(out):
+            return _run(config, only)
+    except OutputLocked as err:
+        raise RunError(str(err)) from None
+    except OSError as err:
+        raise RunError(os_fault(err)) from err
+
+
+def exit_code(result: RunResult, config: Config) -> int:
+    """:class:`~radiodeep.errors.ExitCode` of a finished run: 0 only when every case and
+    experiment succeeded (cases excluded or failed count only when ``cohort.on_invalid`` is
+    ``error``; ``skip`` asked for them to be left out)."""
+    if result.experiment_errors:
+        return ExitCode.EXPERIMENT_FAILED
+    if len(result.failures) and config.cohort.on_invalid != "skip":
+        return ExitCode.CASES_FAILED
+    return ExitCode.OK
+
+
+def _run(config: Config, only: str | None = None) -> RunResult:
     from .record import RouteRecord, RunRecord, write_table
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
     out = config.output_dir
     cohort = prepare(config, progress, extracting=only != "evaluate")
+    if only != "evaluate":
+        from .outdir import remove_stale_evaluation
+
+        remove_stale_evaluation(out)  # they describe the features being replaced
     result = RunResult(output_dir=out)
     env = environment()
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     contact_sheet = out / "crops_contact_sheet.png"
     if only == "evaluate":
+        log.info("--only evaluate: reading the exported features (%s) in %s",
+                 ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
+                 out)
         record = _load_record(out)
-        record.config, record.environment, record.started = config.to_dict(), env, started
+        record.config, record.environment, record.started = shareable(config.to_dict(), config.base_dir), env, started
         record.positive_label = cohort.positive_label
         routes = _read_exported(config, record)
     else:
-        record = RunRecord(name=config.name, config=config.to_dict(), environment=env, started=started,
+        record = RunRecord(name=config.name, config=shareable(config.to_dict(), config.base_dir),
+                           environment=env, started=started,
                            positive_label=cohort.positive_label)
         failures: list[CaseFailure] = list(cohort.excluded)
-        qc: list = []
-        extracted = extract_routes(cohort, config, progress=progress, qc=qc)
+        extracted = extract_routes(cohort, config, progress=progress, previews=True)
+        previews = [item for res in extracted.values() for item in res.previews]
         for name, res in extracted.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
+            prov = shareable(prov, config.base_dir)  # provenance may be shared: no path of this machine
             csv = export_csv(res.features, out / f"features_{name}.csv", prov)
             record.routes[name] = RouteRecord(name, route_settings_key(name, config), csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
@@ -318,12 +406,12 @@ def run(config: Config, only: str | None = None) -> RunResult:
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
-        if qc:
+        if previews:
             from .qc import contact_sheet as write_sheet
 
-            write_sheet(qc, contact_sheet)
+            write_sheet(previews, contact_sheet)
             record.outputs["contact_sheet"] = contact_sheet.name
-        record.failures = [f.to_dict() for f in failures]
+        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, config.base_dir)} for f in failures]
         record.computed = ["extract"]
         # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
         routes = {name: RouteResult(name, read_features(out / rec.features_csv), provenance=rec.provenance)
@@ -348,10 +436,12 @@ def run(config: Config, only: str | None = None) -> RunResult:
         config, tables, y, split, progress=progress)
     result.metrics, result.predictions, result.selection = metrics, predictions, selection
     result.delong, result.experiment_errors = delong, errors
+    if metrics.empty:  # every experiment failed: the file still says what it would hold
+        metrics = pd.DataFrame(columns=_metric_columns())
     write_table(metrics, out / "metrics.csv")
     _write_json(out / "metrics.json", {
         "experiments": metrics.to_dict(orient="records"),
-        "errors": errors,
+        "errors": shareable(errors, config.base_dir),
         "evaluation": config.evaluation.model_dump(mode="json"),
     })
     write_table(predictions, out / "predictions.csv")
@@ -360,7 +450,7 @@ def run(config: Config, only: str | None = None) -> RunResult:
 
     record.metrics = metrics.to_dict(orient="records")
     record.delong = delong.to_dict(orient="records")
-    record.experiment_errors = dict(errors)
+    record.experiment_errors = shareable(dict(errors), config.base_dir)
     record.outputs.update(predictions="predictions.csv", selection="selected_features.csv",
                           metrics="metrics.csv", delong="delong.csv")
     if "evaluate" not in record.computed:
