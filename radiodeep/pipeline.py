@@ -155,7 +155,9 @@ def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = F
         t0 = time.perf_counter()
         log.info("extracting %s features for %d cases", name, len(cohort))
         route = get_route(name)
-        res = route.extract(cohort, route.settings_from_config(config), context)
+        settings = route.settings_from_config(config)
+        res = route.extract(cohort, settings, context)
+        res.provenance["settings_key"] = settings.cache_key()  # run_record.json keeps it
         for f in res.failures:
             log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
         log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
@@ -166,25 +168,9 @@ def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = F
 
 def route_settings_key(name: str, config: Config) -> str:
     """The settings (cache) key the config gives route ``name``: what its features depend on."""
-    try:
-        from .features.routes import get_route  # the routes' one interface, where present
-    except ImportError:
-        get_route = None
-    if get_route is not None:
-        route = get_route(name)
-        return route.settings_from_config(config).cache_key()
-    from .config import settings_hash
+    from .features.routes import get_route
 
-    if name == "handcrafted":
-        from .features.handcrafted import _store_settings, handcrafted_settings
-
-        hc = config.features.handcrafted
-        settings = _store_settings(handcrafted_settings(hc, config.base_dir), hc.mode, config)
-    else:
-        from .features.deep import deep_settings
-
-        settings = deep_settings(config)
-    return settings_hash(json.loads(json.dumps(settings, default=str)))
+    return get_route(name).settings_from_config(config).cache_key()
 
 
 def _read_exported(config: Config, record) -> dict[str, RouteResult]:
@@ -400,7 +386,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
             prov = shareable(prov, config.base_dir)  # provenance may be shared: no path of this machine
             csv = export_csv(res.features, out / f"features_{name}.csv", prov)
-            record.routes[name] = RouteRecord(name, route_settings_key(name, config), csv.name,
+            record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
                                               _plain(prov))
             result.features[name] = res.features

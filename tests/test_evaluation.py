@@ -22,7 +22,7 @@ from radiodeep.evaluation import (
     wilson_ci,
 )
 from radiodeep.experiment import build_pipeline
-from radiodeep.selection import ReliefF, RouteTopK, SymmetricUncertainty
+from radiodeep.selection import RouteTopK, SymmetricUncertainty
 from radiodeep.stats import binary_metrics, delong_variance
 
 ROOT = Path(__file__).resolve().parents[1]
