@@ -446,7 +446,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
 
     from .record import write_report
 
-    result.report = write_report(record, out)
+    result.report = write_report(RunRecord.load(out), out)  # from what was persisted, nothing else
     return result
 
 

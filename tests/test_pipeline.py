@@ -181,6 +181,26 @@ def test_report_numbers_equal_metrics_csv_repeated_kfold(finished, tmp_path):
     assert len(res.delong) == 1
 
 
+def test_report_is_a_function_of_the_run_record(finished, tmp_path):
+    """The record and the tables it names redraw the same report, in any folder."""
+    import re
+
+    from radiodeep.record import RunRecord, write_report
+
+    cfg, _ = finished
+    record = RunRecord.load(cfg.output_dir)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ["run_record.json", *record.outputs.values()]:
+        shutil.copy2(cfg.output_dir / name, copy / name)
+    html = write_report(record, copy).read_text(encoding="utf-8")
+
+    def strip(text):
+        return re.sub(r"Generated [0-9-]+ [0-9:]+ UTC", "", text)
+
+    assert strip(html) == strip((cfg.output_dir / "report.html").read_text(encoding="utf-8"))
+
+
 def test_only_evaluate_refuses_features_made_with_other_settings(finished, tmp_path):
     cfg, _ = finished
     other = cfg.model_copy(deep=True)
