@@ -176,12 +176,14 @@ def route_settings_key(name: str, config: Config) -> str:
 def _read_exported(config: Config, record) -> dict[str, RouteResult]:
     """The exported feature tables, exactly as the extraction wrote them, after checking that
     they were made with the settings the config gives now."""
+    from .features.routes import configured_routes
+    from .record import file_sha256
+
     out = config.output_dir
     results = {}
     problems = []
-    for route in ROUTES:
-        if getattr(config.features, route) is None:
-            continue
+
+    for route in configured_routes(config):
         rec = record.routes.get(route)
         if rec is None:
             problems.append(f"no {route} features were extracted in {out} (run_record.json)")
@@ -189,6 +191,10 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
         p = out / rec.features_csv
         if not p.exists():
             problems.append(f"{p} is missing")
+            continue
+        if rec.sha256 and file_sha256(p) != rec.sha256:
+            problems.append(f"{p.name} changed since it was extracted (its SHA-256 is not the one in "
+                            f"run_record.json)")
             continue
         key = route_settings_key(route, config)
         if key != rec.settings_key:
@@ -200,10 +206,6 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
         raise RunError("--only evaluate cannot use the exported features; run 'radiodeep run CONFIG' "
                        "(or --only extract) first:\n" + "\n".join(f"  - {m}" for m in problems))
     return results
-
-
-def _failures_frame(failures: list[CaseFailure]) -> pd.DataFrame:
-    return pd.DataFrame([f.to_dict() for f in failures], columns=["case_id", "stage", "reason"])
 
 
 def _describe(exp) -> dict:
@@ -350,7 +352,7 @@ def exit_code(result: RunResult, config: Config) -> int:
 
 
 def _run(config: Config, only: str | None = None) -> RunResult:
-    from .record import RouteRecord, RunRecord, write_table
+    from .record import RouteRecord, RunRecord, file_sha256, write_table
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
@@ -388,7 +390,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
             csv = export_csv(res.features, out / f"features_{name}.csv", prov)
             record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
-                                              _plain(prov))
+                                              _plain(prov), sha256=file_sha256(csv))
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")

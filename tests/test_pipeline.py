@@ -209,6 +209,16 @@ def test_only_evaluate_refuses_features_made_with_other_settings(finished, tmp_p
     with pytest.raises(RunError, match="features_handcrafted.csv was made with other handcrafted settings"):
         run(other, only="evaluate")
     assert (cfg.output_dir / "metrics.csv").read_bytes() == before
+    # a feature table edited after extraction is refused too
+    table = cfg.output_dir / "features_handcrafted.csv"
+    original = table.read_bytes()
+    try:
+        table.write_bytes(original.replace(b",", b",0", 1))
+        with pytest.raises(RunError, match="features_handcrafted.csv changed since it was extracted"):
+            run(cfg, only="evaluate")
+    finally:
+        table.write_bytes(original)
+    assert (cfg.output_dir / "metrics.csv").read_bytes() == before
 
 
 def test_invalid_case_blocks_the_run_unless_skipped(tmp_path):
