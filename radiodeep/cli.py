@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=ExitCode.describe())
     r.add_argument("config", type=Path, help="study YAML file")
     r.add_argument("--only", choices=["extract", "evaluate"], default=None,
-                   help="run only feature extraction, or only the experiments (on cached features)")
+                   help="run only feature extraction, or only the experiments (on the exported features; opens no image)")
     r.add_argument("--output", type=Path, default=None, help="override the config's output folder")
     r.set_defaults(func=_cmd_run)
 
