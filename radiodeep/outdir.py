@@ -30,7 +30,7 @@ __all__ = ["check_writable", "OutputLock", "OutputLocked", "remove_stale_evaluat
 LOCK_NAME = ".radiodeep.lock"
 # what an evaluation writes from the features: recomputable with `radiodeep run --only evaluate`
 EVALUATION_OUTPUTS = ("metrics.csv", "metrics.json", "predictions.csv", "selected_features.csv",
-                      "delong.csv", "report.html", "roc_curves.png", "run_record.json")
+                      "delong.csv", "report.html", "roc_curves.png")
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, however it dies
     import fcntl

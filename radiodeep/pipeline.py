@@ -12,16 +12,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .config import Config
 from .errors import CaseFailure, ExitCode, os_fault
-from .features.store import RouteResult, export_csv
+from .features.store import RouteResult, export_csv, read_features
 from .provenance import environment, shareable
 from .validate import check_output_writable, check_routes, load_cohort
 
@@ -80,7 +78,8 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
         problems = k_problems(config)
     if problems:
         raise RunError("the feature settings cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
-    report = load_cohort(config, check_images=True, progress=progress)
+    # evaluation alone opens no image: the manifest's labels are all it needs
+    report = load_cohort(config, check_images=extracting, progress=progress)
     if report.problems:
         raise RunError("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in report.problems))
     cohort = report.cohort
@@ -145,49 +144,75 @@ def k_problems(config: Config) -> list[str]:
     return problems
 
 
-def _extractor(route: str):
-    if route == "handcrafted":
-        from .features.handcrafted import extract_handcrafted
+def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = False) -> dict[str, RouteResult]:
+    """Every configured route through the one route interface: its settings slice (resolved
+    once, its cache key) in; features, failures and (when asked) contact-sheet previews out."""
+    from .features.routes import RunContext, configured_routes, get_route
 
-        return extract_handcrafted
-    from .features.deep import extract_deep
-
-    return extract_deep
-
-
-def extract_routes(cohort, config: Config, *, progress: bool, qc: list | None = None) -> dict[str, RouteResult]:
+    context = RunContext.from_config(config, progress=progress, previews=previews)
     results = {}
-    for route in ROUTES:
-        if getattr(config.features, route) is None:
-            continue
+    for name in configured_routes(config):
         t0 = time.perf_counter()
-        log.info("extracting %s features for %d cases", route, len(cohort))
-        extract = _extractor(route)
-        kwargs = {"progress": progress}
-        if route == "deep" and qc is not None:
-            kwargs["qc"] = qc
-        res = extract(cohort, config, **kwargs)
+        log.info("extracting %s features for %d cases", name, len(cohort))
+        route = get_route(name)
+        res = route.extract(cohort, route.settings_from_config(config), context)
         for f in res.failures:
-            log.warning("case %s failed in %s route: %s", f.case_id, route, f.reason)
-        log.info("%s: %d cases x %d features in %.1f s (%d failed)", route, res.features.shape[0],
+            log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
+        log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
                  res.features.shape[1], time.perf_counter() - t0, len(res.failures))
-        results[route] = res
+        results[name] = res
     return results
 
 
-def _read_exported(config: Config) -> dict[str, RouteResult]:
+def route_settings_key(name: str, config: Config) -> str:
+    """The settings (cache) key the config gives route ``name``: what its features depend on."""
+    try:
+        from .features.routes import get_route  # the routes' one interface, where present
+    except ImportError:
+        get_route = None
+    if get_route is not None:
+        route = get_route(name)
+        return route.settings_from_config(config).cache_key()
+    from .config import settings_hash
+
+    if name == "handcrafted":
+        from .features.handcrafted import _store_settings, handcrafted_settings
+
+        hc = config.features.handcrafted
+        settings = _store_settings(handcrafted_settings(hc, config.base_dir), hc.mode, config)
+    else:
+        from .features.deep import deep_settings
+
+        settings = deep_settings(config)
+    return settings_hash(json.loads(json.dumps(settings, default=str)))
+
+
+def _read_exported(config: Config, record) -> dict[str, RouteResult]:
+    """The exported feature tables, exactly as the extraction wrote them, after checking that
+    they were made with the settings the config gives now."""
     out = config.output_dir
     results = {}
+    problems = []
     for route in ROUTES:
         if getattr(config.features, route) is None:
             continue
-        p = out / f"features_{route}.csv"
+        rec = record.routes.get(route)
+        if rec is None:
+            problems.append(f"no {route} features were extracted in {out} (run_record.json)")
+            continue
+        p = out / rec.features_csv
         if not p.exists():
-            raise RunError(f"--only evaluate needs {p}; run 'radiodeep run CONFIG --only extract' first")
-        df = pd.read_csv(p, index_col="case_id", dtype={"case_id": str})
-        prov_p = p.with_suffix(".provenance.json")
-        prov = json.loads(prov_p.read_text(encoding="utf-8")) if prov_p.exists() else {}
-        results[route] = RouteResult(route, df.astype(float), provenance=prov)
+            problems.append(f"{p} is missing")
+            continue
+        key = route_settings_key(route, config)
+        if key != rec.settings_key:
+            problems.append(f"{p.name} was made with other {route} settings than the config's now "
+                            f"(settings key {rec.settings_key}, config {key})")
+            continue
+        results[route] = RouteResult(route, read_features(p), provenance=rec.provenance)
+    if problems:
+        raise RunError("--only evaluate cannot use the exported features; run 'radiodeep run CONFIG' "
+                       "(or --only extract) first:\n" + "\n".join(f"  - {m}" for m in problems))
     return results
 
 
@@ -210,7 +235,8 @@ def _describe(exp) -> dict:
 def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.Series,
                          split: pd.Series | None, *, progress: bool):
     """Run every experiment; one that cannot run fails alone with its message."""
-    from .evaluation import build_pipeline, delong_test, evaluate
+    from .evaluation import evaluate, pairwise_delong
+    from .experiment import build_pipeline
 
     rows, preds, sels, errors = [], [], [], {}
     for i, exp in enumerate(config.experiments, 1):
@@ -255,26 +281,8 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
     if not selection.empty:
         selection = selection.sort_values(["experiment", "frequency", "feature"],
                                           ascending=[True, False, True], kind="mergesort")
-    delong = _pairwise_delong(predictions, delong_test)
+    delong = pairwise_delong(predictions)
     return metrics, predictions, selection, delong, errors
-
-
-def _pairwise_delong(predictions: pd.DataFrame, delong_test) -> pd.DataFrame:
-    rows = []
-    if predictions.empty:
-        return pd.DataFrame(columns=["experiment_a", "experiment_b", "auc_a", "auc_b", "diff", "z", "p"])
-    # one score per case per experiment (repeated schemes: mean over repeats)
-    scores = predictions.groupby(["experiment", "case_id"])["score"].mean().unstack(0)
-    truth = predictions.groupby("case_id")["y_true"].first()
-    names = list(dict.fromkeys(predictions["experiment"]))
-    for a, b in combinations(names, 2):
-        both = scores[[a, b]].dropna()
-        yt = truth.loc[both.index].to_numpy()
-        if len(both) < 3 or len(np.unique(yt)) < 2:
-            continue
-        r = delong_test(yt, both[a].to_numpy(), both[b].to_numpy())
-        rows.append({"experiment_a": a, "experiment_b": b, **r})
-    return pd.DataFrame(rows, columns=["experiment_a", "experiment_b", "auc_a", "auc_b", "diff", "z", "p"])
 
 
 def _metric_columns() -> list[str]:
@@ -300,13 +308,26 @@ def _jsonable(v):
 
 
 # --------------------------------------------------------------------------- the run
+def _load_record(out: Path):
+    from .record import RECORD_NAME, RunRecord
+
+    try:
+        return RunRecord.load(out)
+    except FileNotFoundError:
+        raise RunError(f"--only evaluate needs {out / RECORD_NAME} from a run that extracted the "
+                       f"features; run 'radiodeep run CONFIG --only extract' first") from None
+    except (ValueError, TypeError, KeyError) as err:
+        raise RunError(f"{out / RECORD_NAME} cannot be read: {err}") from None
+
+
 def run(config: Config, only: str | None = None) -> RunResult:
     """Run a study; ``only`` is None, ``"extract"`` or ``"evaluate"``.
 
     The output folder is locked for the whole run (a second run on it is refused with the
     first one's PID and start time). A foreseeable file-system fault (disk full, folder not
     writable) stops the run with a :class:`RunError` naming the path and the fix; every case
-    finished before it stays cached.
+    finished before it stays cached. Nothing written holds an absolute path of this machine
+    (paths are shown relative to the study folder), so a report can be shared.
     """
     from .outdir import OutputLock, OutputLocked
 
@@ -335,6 +356,16 @@ def exit_code(result: RunResult, config: Config) -> int:
 
 
 def _run(config: Config, only: str | None = None) -> RunResult:
+    """:func:`run` inside the lock.
+
+    Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
+    drawn from it. ``--only evaluate`` reloads it and opens no image: labels come from the
+    manifest, features from the exported CSVs (checked against the config's route settings),
+    failures from the record. A full run evaluates those same exported CSVs, so both give
+    byte-identical metrics, predictions and selection tables.
+    """
+    from .record import RouteRecord, RunRecord, write_table
+
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
     out = config.output_dir
@@ -344,39 +375,57 @@ def _run(config: Config, only: str | None = None) -> RunResult:
 
         remove_stale_evaluation(out)  # they describe the features being replaced
     result = RunResult(output_dir=out)
+    base = config.base_dir  # paths in what is written: relative to the study folder
     env = environment()
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
-    failures: list[CaseFailure] = list(cohort.excluded)
     contact_sheet = out / "crops_contact_sheet.png"
     if only == "evaluate":
-        log.info("--only evaluate: reading the exported features (%s) in %s",
+        log.info("--only evaluate: reading the run record and the exported features (%s) in %s",
                  ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
                  out)
-        routes = _read_exported(config)
+        record = _load_record(out)
+        record.config, record.environment, record.started = shareable(config.to_dict(), base), env, started
+        record.positive_label = cohort.positive_label
+        routes = _read_exported(config, record)
     else:
-        qc: list = []
-        routes = extract_routes(cohort, config, progress=progress, qc=qc)
-        for name, res in routes.items():
+        record = RunRecord(name=config.name, config=shareable(config.to_dict(), base), environment=env,
+                           started=started,
+                           positive_label=cohort.positive_label)
+        failures: list[CaseFailure] = list(cohort.excluded)
+        extracted = extract_routes(cohort, config, progress=progress, previews=True)
+        previews = [item for res in extracted.values() for item in res.previews]
+        for name, res in extracted.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
-            export_csv(res.features, out / f"features_{name}.csv", shareable(prov, config.base_dir))
+            prov = shareable(_plain(prov), base)
+            csv = export_csv(res.features, out / f"features_{name}.csv", prov)
+            record.routes[name] = RouteRecord(name, route_settings_key(name, config), csv.name,
+                                              int(res.features.shape[0]), int(res.features.shape[1]),
+                                              _plain(prov))
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
-        if qc:
+        if previews:
             from .qc import contact_sheet as write_sheet
 
-            write_sheet(qc, contact_sheet)
-    result.failures = _failures_frame(failures)
-    result.failures["reason"] = [shareable(r, config.base_dir) for r in result.failures["reason"]]
-    result.failures.to_csv(out / "failures.csv", index=False)
-    if only == "extract":
-        log.info("features written; evaluation skipped (--only extract)")
-        return result
-    if not config.experiments:
-        log.warning("no experiments in the config: nothing to evaluate")
+            write_sheet(previews, contact_sheet)
+            record.outputs["contact_sheet"] = contact_sheet.name
+        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, base)} for f in failures]
+        record.computed = ["extract"]
+        # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
+        routes = {name: RouteResult(name, read_features(out / rec.features_csv), provenance=rec.provenance)
+                  for name, rec in record.routes.items()}
+    result.failures = record.failures_frame()
+    write_table(result.failures, out / "failures.csv")
+    if only == "extract" or not config.experiments:
+        if only != "extract":
+            log.warning("no experiments in the config: nothing to evaluate")
+        else:
+            log.info("features written; evaluation skipped (--only extract)")
+        record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record.save(out)
         return result
 
     y = cohort.y()
@@ -388,33 +437,35 @@ def _run(config: Config, only: str | None = None) -> RunResult:
         config, tables, y, split, progress=progress)
     result.metrics, result.predictions, result.selection = metrics, predictions, selection
     result.delong, result.experiment_errors = delong, errors
+    errors = shareable(errors, base)
     if metrics.empty:  # every experiment failed: the file still says what it would hold
         metrics = pd.DataFrame(columns=_metric_columns())
-    metrics.to_csv(out / "metrics.csv", index=False)
+    write_table(metrics, out / "metrics.csv")
     _write_json(out / "metrics.json", {
         "experiments": metrics.to_dict(orient="records"),
-        "errors": shareable(errors, config.base_dir),
+        "errors": errors,
         "evaluation": config.evaluation.model_dump(mode="json"),
     })
-    predictions.to_csv(out / "predictions.csv", index=False)
-    selection.to_csv(out / "selected_features.csv", index=False)
-    delong.to_csv(out / "delong.csv", index=False)
+    write_table(predictions, out / "predictions.csv")
+    write_table(selection, out / "selected_features.csv")
+    write_table(delong, out / "delong.csv")
 
-    from .report import write_report
+    record.metrics = metrics.to_dict(orient="records")
+    record.delong = delong.to_dict(orient="records")
+    record.experiment_errors = dict(errors)
+    record.outputs.update(predictions="predictions.csv", selection="selected_features.csv",
+                          metrics="metrics.csv", delong="delong.csv")
+    if "evaluate" not in record.computed:
+        record.computed.append("evaluate")
+    record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record.save(out)
 
-    provenance = {
-        "config": config.to_dict(),
-        "environment": env,
-        "routes": {name: res.provenance for name, res in routes.items()},
-        "seed": config.evaluation.seed,
-        "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    provenance = shareable(provenance, config.base_dir)  # a report may be shared: no path of this machine
-    result.report = write_report(
-        out, title=config.name, metrics=metrics, predictions=predictions, selection=selection,
-        delong=delong, failures=result.failures, experiment_errors=shareable(errors, config.base_dir),
-        provenance=provenance,
-        contact_sheet=contact_sheet if contact_sheet.exists() else None,
-        positive_label=cohort.positive_label)
+    from .record import write_report
+
+    result.report = write_report(record, out)
     return result
+
+
+def _plain(obj):
+    """Provenance as JSON data (what the record stores)."""
+    return json.loads(json.dumps(obj, default=_jsonable))
