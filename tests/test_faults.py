@@ -396,7 +396,7 @@ def test_only_evaluate_says_what_it_is_doing(tmp_path, caplog):
     caplog.set_level("INFO", logger="radiodeep")
     pipeline.run(cfg, only="evaluate")
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "--only evaluate: reading the exported features (features_handcrafted.csv)" in text
+    assert "--only evaluate: reading the run record and the exported features (features_handcrafted.csv)" in text
     assert "experiment 1/1: su3-nb (handcrafted, scheme loo)" in text
 
 
@@ -417,8 +417,14 @@ def test_outputs_follow_the_umask(tmp_path):
 def test_only_extract_removes_the_previous_evaluation(tmp_path):
     path = study(tmp_path)
     cfg = load_config(path)
-    pipeline.run(cfg)
+    old = os.umask(0o022)
+    try:
+        pipeline.run(cfg)
+    finally:
+        os.umask(old)
     out = cfg.output_dir
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes  # colleagues can read every output
     assert (out / "report.html").exists() and (out / "metrics.csv").exists()
     pipeline.run(cfg, only="extract")
     for name in ("report.html", "metrics.csv", "metrics.json", "predictions.csv", "selected_features.csv",
