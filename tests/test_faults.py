@@ -156,10 +156,17 @@ def _start_run(path: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
     return proc, workers
 
 
-def _gone_within(workers: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+def _gone_within(workers: list[psutil.Process], path: Path, seconds: float) -> list[psutil.Process]:
+    """Workers still alive after ``seconds``: those seen, and any process running this study."""
     _, alive = psutil.wait_procs(workers, timeout=seconds)
+    for p in psutil.process_iter(["cmdline"]):
+        if str(path) in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid() and p not in alive:
+            alive.append(p)
     for p in alive:  # leave nothing behind, even when the test fails
-        p.kill()
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     return alive
 
 
@@ -169,7 +176,7 @@ def test_workers_do_not_outlive_their_parent(tmp_path, how):
     proc, workers = _start_run(path)
     proc.send_signal(getattr(signal, how))
     out, err = proc.communicate(timeout=60)
-    alive = _gone_within(workers, 5)
+    alive = _gone_within(workers, path, 5)
     assert not alive, f"{len(alive)} worker(s) survived their parent ({how})"
     kept = list((tmp_path / "results").rglob("*.npz"))
     assert kept  # finished cases stay cached
@@ -367,12 +374,12 @@ def test_outputs_hold_no_absolute_path_and_a_handcrafted_run_does_not_import_tor
     assert failures.reason[0].startswith("mask file not found") and "c/masks/gone.nrrd" in failures.reason[0]
     checked = []
     for p in out.rglob("*"):
-        if p.is_file() and p.name not in ("radiodeep.log", "config.resolved.yaml") and p.suffix != ".png":
+        if p.is_file() and p.name != "radiodeep.log" and p.suffix != ".png":
             text = p.read_bytes().decode("utf-8", "replace")
             assert str(tmp_path) not in text, f"{p.name} holds {tmp_path}"
             checked.append(p.name)
     assert {"report.html", "features_handcrafted.provenance.json", "failures.csv", "metrics.json",
-            "environment.json"} <= set(checked)
+            "environment.json", "run_record.json", "config.resolved.yaml"} <= set(checked)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "feature-cache" in html and "params.yaml" in html  # shown, relative to the study folder
 
