@@ -69,6 +69,10 @@ class CohortConfig(_Strict):
     mask_label: int | None = Field(
         None, ge=1, description="label value of the ROI in the masks (None: the PyRadiomics parameter "
                                 "file's 'label', else 1; a manifest 'mask_label' column wins per case)")
+    roi_name: str | int | None = Field(
+        None, description="for RTSTRUCT/DICOM-SEG masks: the ROI's exact name, a regular expression "
+                          "such as '(?i)^gtv', or a SEG segment number (a manifest roi_name column wins)"
+    )
     on_invalid: Literal["error", "skip"] = "error"
     geometry_tolerance: float = Field(
         1e-3, gt=0, description="relative tolerance for spacing/origin/direction agreement"

@@ -360,6 +360,9 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False, notes
     """
     image = read_image(case.image, case.case_id, "image")
     _scalar(image, case.case_id, "image", case.image)
+    dicom_mask = _dicom_mask(case, image, notes)
+    if dicom_mask is not None:
+        return image, dicom_mask
     mask = read_image(case.mask, case.case_id, "mask")
     _scalar(mask, case.case_id, "mask", case.mask)
     mask = _on_grid(image, mask, tol, case.case_id, "mask", resample_mask, notes)
@@ -385,3 +388,19 @@ def read_case_sequences(case, image: sitk.Image, tol: float = 1e-3) -> list[sitk
         _scalar(seq, case.case_id, what, p)
         out.append(_on_grid(image, seq, tol, case.case_id, what, False, None))
     return out
+
+
+def _dicom_mask(case, image: sitk.Image, notes: list[str] | None) -> sitk.Image | None:
+    """The mask of a case whose ``mask`` is an RTSTRUCT or DICOM-SEG file, on the image's
+    grid (see :mod:`radiodeep.masks`); None for a label-map mask."""
+    from .masks import dicom_kind, read_dicom_mask
+
+    kind = dicom_kind(case.mask, case.case_id)
+    if kind is None:
+        return None
+    mask = read_dicom_mask(kind, case.mask, case.image, image, case.case_id,
+                           roi=getattr(case, "roi_name", None), cache_dir=getattr(case, "mask_cache", None),
+                           notes=notes)
+    if not mask_labels(mask):
+        raise CaseError(case.case_id, f"mask is empty: ROI of {case.mask.name} covers no voxel centre of the image")
+    return mask

@@ -452,7 +452,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
 
     record.metrics = metrics.to_dict(orient="records")
     record.delong = delong.to_dict(orient="records")
-    record.experiment_errors = dict(errors)
+    record.experiment_errors = shareable(dict(errors), config.base_dir)
     record.outputs.update(predictions="predictions.csv", selection="selected_features.csv",
                           metrics="metrics.csv", delong="delong.csv")
     if "evaluate" not in record.computed:

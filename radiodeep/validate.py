@@ -45,7 +45,8 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
     label, _ = config.roi_label()
     try:
         cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=label,
-                                         sequences=cc.sequences, positive_label=cc.positive_label)
+                                         sequences=cc.sequences, positive_label=cc.positive_label,
+                                         roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks")
     except ValueError as err:
         return CohortReport(None, [str(err)])
     if config.evaluation.scheme == "external":
@@ -77,7 +78,11 @@ def _header_geometry(case, policy: GeometryPolicy) -> None:
     """Geometry from the headers alone, before any voxel is read (a mismatch is found cheaply;
     with resample_mask the mask's own is left to the reader)."""
     image = image_info(case.image, case.case_id, "image")
-    others = [] if policy.resample_mask else [("mask", case.mask)]
+    from .masks import dicom_kind
+
+    # an RTSTRUCT/DICOM-SEG mask has no grid of its own: it is drawn on the image's grid
+    mask_on_grid = policy.resample_mask or dicom_kind(case.mask, case.case_id) is not None
+    others = [] if mask_on_grid else [("mask", case.mask)]
     others += [(f"sequence {i + 1} ({p.name})", p) for i, p in enumerate(case.sequences)]
     for what, path in others:
         problem = geometry_mismatch(image, image_info(path, case.case_id, what), policy.tolerance, what=what)

@@ -192,7 +192,8 @@ def _check_min_size(spec, size: int) -> None:
 
 # --------------------------------------------------------------------------- per case
 def _fingerprint(case) -> str:
-    return f"{file_fingerprint(case.image, case.mask, *case.sequences)}:label={case.mask_label}"
+    roi = f":roi={case.roi_name}" if getattr(case, "roi_name", None) else ""  # RTSTRUCT/SEG structure
+    return f"{file_fingerprint(case.image, case.mask, *case.sequences)}:label={case.mask_label}{roi}"
 
 
 def _prepare_views(case, settings: DeepSettings):

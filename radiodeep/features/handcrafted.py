@@ -571,7 +571,8 @@ def config_problems(config: Config) -> list[str]:
 
 
 def _fingerprint(case: Case) -> str:
-    return f"{file_fingerprint(case.image, case.mask)}:{case.mask_label}"
+    roi = f":roi={case.roi_name}" if getattr(case, "roi_name", None) else ""  # RTSTRUCT/SEG structure
+    return f"{file_fingerprint(case.image, case.mask)}:{case.mask_label}{roi}"
 
 
 def _input_size(case: Case) -> int:
