@@ -231,6 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(msg, file=sys.stderr)
         return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    except OSError as err:  # a full disk, a read-only folder, a file in the way: one line, no traceback
+        from .errors import os_fault
+
+        log.debug("file-system error", exc_info=True)
+        msg = os_fault(err)
+        if any(not isinstance(h, logging.NullHandler) for h in logging.getLogger("radiodeep").handlers):
+            log.error("%s", msg)
+        else:
+            print(msg, file=sys.stderr)
+        return ExitCode.STOPPED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -261,6 +261,13 @@ def test_output_path_that_is_a_file(tmp_path, capsys):
     assert str(tmp_path / "results") in last and "is a file" in last and "is not writable" in last and "--output" in last
 
 
+def test_synth_into_a_path_blocked_by_a_file(tmp_path, capsys):
+    (tmp_path / "phantoms").write_text("in the way", encoding="utf-8")
+    assert main(["synth", str(tmp_path / "phantoms" / "ct"), "--cases", "2"]) == 1
+    last = one_line_no_traceback(capsys.readouterr().err)
+    assert str(tmp_path / "phantoms") in last and "a file is in the way" in last
+
+
 def test_read_only_output_folder(tmp_path, monkeypatch, capsys):
     path = study(tmp_path)
     out = tmp_path / "results"
