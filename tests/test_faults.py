@@ -237,6 +237,27 @@ def test_a_stale_lock_file_with_a_dead_pid_is_taken_over(tmp_path):
     assert not (out / LOCK_NAME).exists()
 
 
+def test_without_kernel_locks_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    """A file system without flock (some network mounts): a live PID still refuses, a dead one
+    is taken over."""
+    import radiodeep.outdir as outdir
+
+    monkeypatch.setattr(outdir, "fcntl", None)
+    out = tmp_path / "results"
+    out.mkdir()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname(),
+                                                 "started": "2026-01-01T00:00:00+00:00"}), encoding="utf-8")
+        with pytest.raises(outdir.OutputLocked, match=f"PID {alive.pid} on .*, started 2026-01-01"):
+            OutputLock(out).acquire()
+    finally:
+        alive.kill()
+        alive.wait()
+    with OutputLock(out):
+        assert json.loads((out / LOCK_NAME).read_text(encoding="utf-8"))["pid"] == os.getpid()
+
+
 _PROBER = """
 import sys
 from radiodeep.outdir import check_writable
