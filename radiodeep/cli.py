@@ -235,12 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
-        msg = f"{what}: finished cases are cached; run the same command again to resume"
-        if any(not isinstance(h, logging.NullHandler) for h in logging.getLogger("radiodeep").handlers):
-            log.error("%s", msg)
-        else:
-            print(msg, file=sys.stderr)
+        _say_error(f"{what}: finished cases are cached; run the same command again to resume")
         return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    except OSError as err:  # a full disk, a read-only folder, a file in the way: one line, no traceback
+        from .errors import os_fault
+
+        log.debug("file-system error", exc_info=True)
+        _say_error(os_fault(err))
+        return ExitCode.STOPPED
+
+
+def _say_error(msg: str) -> None:
+    """One line on stderr, and in the log file when there is one."""
+    if any(not isinstance(h, logging.NullHandler) for h in logging.getLogger("radiodeep").handlers):
+        log.error("%s", msg)
+    else:
+        print(msg, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

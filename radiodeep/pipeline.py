@@ -316,16 +316,11 @@ def _load_record(out: Path):
 def run(config: Config, only: str | None = None) -> RunResult:
     """Run a study; ``only`` is None, ``"extract"`` or ``"evaluate"``.
 
-    Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
-    drawn from it. ``--only evaluate`` reloads it and opens no image: labels come from the
-    manifest, features from the exported CSVs (checked against the config's route settings),
-    failures from the record. A full run evaluates those same exported CSVs, so both give
-    byte-identical metrics, predictions and selection tables.
-
     The output folder is locked for the whole run (a second run on it is refused with the
     first one's PID and start time). A foreseeable file-system fault (disk full, folder not
     writable) stops the run with a :class:`RunError` naming the path and the fix; every case
-    finished before it stays cached.
+    finished before it stays cached. Nothing written holds an absolute path of this machine
+    (paths are shown relative to the study folder), so a report can be shared.
     """
     from .outdir import OutputLock, OutputLocked
 
@@ -354,6 +349,14 @@ def exit_code(result: RunResult, config: Config) -> int:
 
 
 def _run(config: Config, only: str | None = None) -> RunResult:
+    """:func:`run` inside the lock.
+
+    Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
+    drawn from it. ``--only evaluate`` reloads it and opens no image: labels come from the
+    manifest, features from the exported CSVs (checked against the config's route settings),
+    failures from the record. A full run evaluates those same exported CSVs, so both give
+    byte-identical metrics, predictions and selection tables.
+    """
     from .record import RouteRecord, RunRecord, file_sha256, write_table
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -365,22 +368,23 @@ def _run(config: Config, only: str | None = None) -> RunResult:
 
         remove_stale_evaluation(out)  # they describe the features being replaced
     result = RunResult(output_dir=out)
+    base = config.base_dir  # paths in what is written: relative to the study folder
     env = environment()
     (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     contact_sheet = out / "crops_contact_sheet.png"
     if only == "evaluate":
-        log.info("--only evaluate: reading the exported features (%s) in %s",
+        log.info("--only evaluate: reading the run record and the exported features (%s) in %s",
                  ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
                  out)
         record = _load_record(out)
-        record.config, record.environment, record.started = shareable(config.to_dict(), config.base_dir), env, started
+        record.config, record.environment, record.started = shareable(config.to_dict(), base), env, started
         record.positive_label = cohort.positive_label
         routes = _read_exported(config, record)
     else:
-        record = RunRecord(name=config.name, config=shareable(config.to_dict(), config.base_dir),
-                           environment=env, started=started,
+        record = RunRecord(name=config.name, config=shareable(config.to_dict(), base), environment=env,
+                           started=started,
                            positive_label=cohort.positive_label)
         failures: list[CaseFailure] = list(cohort.excluded)
         extracted = extract_routes(cohort, config, progress=progress, previews=True)
@@ -388,7 +392,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
         for name, res in extracted.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
-            prov = shareable(prov, config.base_dir)  # provenance may be shared: no path of this machine
+            prov = shareable(_plain(prov), base)
             csv = export_csv(res.features, out / f"features_{name}.csv", prov)
             record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
@@ -401,7 +405,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
 
             write_sheet(previews, contact_sheet)
             record.outputs["contact_sheet"] = contact_sheet.name
-        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, config.base_dir)} for f in failures]
+        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, base)} for f in failures]
         record.computed = ["extract"]
         # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
         routes = {name: RouteResult(name, read_features(out / rec.features_csv), provenance=rec.provenance)
@@ -426,12 +430,13 @@ def _run(config: Config, only: str | None = None) -> RunResult:
         config, tables, y, split, progress=progress)
     result.metrics, result.predictions, result.selection = metrics, predictions, selection
     result.delong, result.experiment_errors = delong, errors
+    errors = shareable(errors, base)
     if metrics.empty:  # every experiment failed: the file still says what it would hold
         metrics = pd.DataFrame(columns=_metric_columns())
     write_table(metrics, out / "metrics.csv")
     _write_json(out / "metrics.json", {
         "experiments": metrics.to_dict(orient="records"),
-        "errors": shareable(errors, config.base_dir),
+        "errors": errors,
         "evaluation": config.evaluation.model_dump(mode="json"),
     })
     write_table(predictions, out / "predictions.csv")
