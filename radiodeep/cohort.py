@@ -63,7 +63,7 @@ class Cohort:
                       self.excluded + [f for f in failures])
 
 
-def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str] | None = None,
+def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: list[str] | None = None,
                   positive_label: str | int | None = None, roi_name: str | int | None = None,
                   mask_cache: Path | None = None) -> tuple[Cohort, list[str]]:
     """Read a manifest; return the cohort and a list of manifest-level problems.
@@ -80,8 +80,15 @@ def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str]
     need = list(REQUIRED_COLUMNS) + list(sequences or [])
     missing = [c for c in need if c not in df.columns]
     if missing:
+        hint = ""
+        if len(df.columns) == 1 and any(sep in df.columns[0] for sep in ";\t|"):
+            sep = next(s for s in ";\t|" if s in df.columns[0])
+            hint = (f" (the header holds {sep!r} separators: the manifest must be comma-separated; "
+                    "re-save it as CSV with commas, e.g. from a spreadsheet's 'CSV (comma delimited)')")
         raise ValueError(f"manifest {path}: missing column(s) {missing}; "
-                         f"found {list(df.columns)}; required: {list(REQUIRED_COLUMNS)}")
+                         f"found {list(df.columns)}; required: {list(REQUIRED_COLUMNS)}{hint}")
+    if df.empty:
+        raise ValueError(f"manifest {path} has a header but no rows: add one row per case")
     problems: list[str] = []
     base = path.resolve().parent
     known = set(need) | {"mask_label", "split", "roi_name"}
@@ -91,7 +98,7 @@ def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str]
         if not cid:
             problems.append(f"manifest row {i + 2}: empty case_id")
             continue
-        ml = mask_label
+        ml = 1 if mask_label is None else int(mask_label)
         if "mask_label" in df.columns and row["mask_label"].strip():
             try:
                 ml = int(float(row["mask_label"]))
