@@ -8,6 +8,7 @@ See :mod:`.rtstruct` for the rasterisation rule.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -16,6 +17,8 @@ from . import cache
 from .dicomfiles import dicom_kind, read_dataset, series_slices
 
 __all__ = ["dicom_kind", "read_dicom_mask"]
+
+log = logging.getLogger(__name__)
 
 
 def read_dicom_mask(kind: str, mask_path: Path, image_path: Path, image: sitk.Image, case_id: str, *,
@@ -45,7 +48,10 @@ def read_dicom_mask(kind: str, mask_path: Path, image_path: Path, image: sitk.Im
         mask = rasterise_rtstruct(mask_path, image, slices, roi, case_id, said, ds=ds)
     else:
         mask = read_seg_mask(mask_path, image, slices, roi, case_id, said, threshold=seg_threshold, ds=ds)
-    cache.save(cache_dir, key, mask, said)
+    try:
+        cache.save(cache_dir, key, mask, said)
+    except OSError as err:  # a cache that cannot be written costs time, not the case
+        log.warning("case %s: mask not cached in %s (%s)", case_id, cache_dir, err.strerror or err)
     if notes is not None:
         notes.extend(said)
     return mask
