@@ -151,7 +151,8 @@ def _contours_by_slice(contours, image: sitk.Image, slices: SeriesSlices):
         if lo[0] < -0.5 or lo[1] < -0.5 or hi[0] > nx - 0.5 or hi[1] > ny - 0.5:
             counts["extend beyond the image in-plane (clipped)"].append(str(n))
         per_slice[k].append(xy)
-    problems = [f"{len(v)} of {len(contours)} contours {what}: #{', #'.join(v[:8])}{' ...' if len(v) > 8 else ''}"
+    problems = [f"all {len(v)} contours {what}" if len(v) == len(contours) and len(v) > 1 else
+                f"{len(v)} of {len(contours)} contours {what}: #{', #'.join(v[:8])}{' ...' if len(v) > 8 else ''}"
                 for what, v in counts.items()]
     return dict(per_slice), problems
 
