@@ -264,3 +264,21 @@ def test_oblique_series_contour_drawn_in_its_slice_plane(tmp_path):
             assert abs(p @ series["normal"]) < 1e-6
             expected[2, j, i] = path.contains_point((p @ row, p @ col))
     assert expected.sum() > 60 and (arr == expected).all()
+
+
+def test_roi_whose_contours_all_miss_the_image_is_invalid_naming_it(tmp_path):
+    series = write_ct_series(tmp_path / "ct", shape=(3, 16, 16))
+    off = [_square_px(series, 7, 2.5, 6.5, 2.5, 6.5, ref=False), _square_px(series, -3, 2.5, 6.5, 2.5, 6.5, ref=False)]
+    with pytest.raises(CaseError, match=r"ROI 'GTV': none of its 2 contours lies on an image slice \(all 2 contours "
+                                        r"lie outside the image's slice range"):
+        _mask(tmp_path, series, {"GTV": off})
+
+
+def test_a_dicom_image_as_mask_still_reads_as_a_label_map(tmp_path):
+    """Only RTSTRUCT and SEG files take the new route: a mask stored as a DICOM image does not."""
+    values = np.zeros((1, 16, 16), np.uint16)
+    values[0, 4:9, 5:12] = 1
+    write_ct_series(tmp_path / "img", shape=(1, 16, 16))
+    write_ct_series(tmp_path / "msk", shape=(1, 16, 16), values=values)
+    image, mask = read_case_images(Case("c1", tmp_path / "img" / "slice000.dcm", tmp_path / "msk" / "slice000.dcm", "a"))
+    assert sitk.GetArrayFromImage(mask).sum() == 35
