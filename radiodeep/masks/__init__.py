@@ -13,6 +13,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..errors import CaseError
 from . import cache
 from .dicomfiles import dicom_kind, read_dataset, series_slices
 
@@ -34,6 +35,9 @@ def read_dicom_mask(kind: str, mask_path: Path, image_path: Path, image: sitk.Im
     from .rtstruct import rasterise_rtstruct
 
     mask_path = Path(mask_path)
+    if image.GetDimension() != 3:
+        raise CaseError(case_id, f"an RTSTRUCT or DICOM-SEG mask needs a 3D image (a DICOM series folder); "
+                                 f"the image is {image.GetDimension()}D")
     slices = series_slices(Path(image_path), image, case_id)
     rule = RT_RULE if kind == "rtstruct" else SEG_RULE
     key = cache.mask_key(mask_path, image, slices, roi, rule, None if kind == "rtstruct" else seg_threshold)
