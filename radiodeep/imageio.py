@@ -378,6 +378,18 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False, notes
     return image, binary
 
 
+def read_case_sequences(case, image: sitk.Image, tol: float = 1e-3) -> list[sitk.Image]:
+    """A case's MR sequences (``case.sequences``), each checked against the image's grid with the
+    cohort's tolerance and made exact (never resampled: a sequence elsewhere is an error)."""
+    out = []
+    for i, p in enumerate(case.sequences):
+        what = f"sequence {i + 1} ({Path(p).name})"
+        seq = read_image(p, case.case_id, what)
+        _scalar(seq, case.case_id, what, p)
+        out.append(_on_grid(image, seq, tol, case.case_id, what, False, None))
+    return out
+
+
 def _dicom_mask(case, image: sitk.Image, notes: list[str] | None) -> sitk.Image | None:
     """The mask of a case whose ``mask`` is an RTSTRUCT or DICOM-SEG file, on the image's
     grid (see :mod:`radiodeep.masks`); None for a label-map mask."""
@@ -392,15 +404,3 @@ def _dicom_mask(case, image: sitk.Image, notes: list[str] | None) -> sitk.Image 
     if not mask_labels(mask):
         raise CaseError(case.case_id, f"mask is empty: ROI of {case.mask.name} covers no voxel centre of the image")
     return mask
-
-
-def read_case_sequences(case, image: sitk.Image, tol: float = 1e-3) -> list[sitk.Image]:
-    """A case's MR sequences (``case.sequences``), each checked against the image's grid with the
-    cohort's tolerance and made exact (never resampled: a sequence elsewhere is an error)."""
-    out = []
-    for i, p in enumerate(case.sequences):
-        what = f"sequence {i + 1} ({Path(p).name})"
-        seq = read_image(p, case.case_id, what)
-        _scalar(seq, case.case_id, what, p)
-        out.append(_on_grid(image, seq, tol, case.case_id, what, False, None))
-    return out

@@ -78,8 +78,11 @@ def _header_geometry(case, policy: GeometryPolicy) -> None:
     """Geometry from the headers alone, before any voxel is read (a mismatch is found cheaply;
     with resample_mask the mask's own is left to the reader)."""
     image = image_info(case.image, case.case_id, "image")
-    # an RTSTRUCT/DICOM-SEG mask has no grid of its own: it is drawn onto the image's
-    others = [] if policy.resample_mask or _dicom_mask_kind(case) else [("mask", case.mask)]
+    from .masks import dicom_kind
+
+    # an RTSTRUCT/DICOM-SEG mask has no grid of its own: it is drawn on the image's grid
+    mask_on_grid = policy.resample_mask or dicom_kind(case.mask, case.case_id) is not None
+    others = [] if mask_on_grid else [("mask", case.mask)]
     others += [(f"sequence {i + 1} ({p.name})", p) for i, p in enumerate(case.sequences)]
     for what, path in others:
         problem = geometry_mismatch(image, image_info(path, case.case_id, what), policy.tolerance, what=what)
@@ -88,12 +91,6 @@ def _header_geometry(case, policy: GeometryPolicy) -> None:
                 raise CaseError(case.case_id, f"image/mask geometry mismatch: {problem} "
                                 "(set cohort.resample_mask: true to resample the mask onto the image)")
             raise CaseError(case.case_id, f"{what} does not share the image's grid: {problem}")
-
-
-def _dicom_mask_kind(case) -> str | None:
-    from .masks import dicom_kind
-
-    return dicom_kind(case.mask, case.case_id)
 
 
 @dataclass
