@@ -90,7 +90,8 @@ def _check_frame_of_reference(ds, number: int, name: str, slices: SeriesSlices, 
     roi_for = next((str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.StructureSetROISequence
                     if int(r.ROINumber) == number), "")
     if slices.frame_of_reference is None:
-        said.append("image is not a DICOM series: frame of reference not checked, contours placed by position")
+        said.append("image is not a DICOM series: frame of reference not checked, contours placed by position"
+                    if not slices.is_dicom else "image series names no frame of reference: not checked")
         return
     if roi_for and roi_for != slices.frame_of_reference:
         raise CaseError(case_id, f"RTSTRUCT ROI {name!r} is in frame of reference {roi_for}, the image series "
