@@ -97,10 +97,7 @@ def test_rtstruct_and_seg_cohort_through_the_cli_without_phi(tmp_path):
                 assert not any(s in str(z[key].tolist()) for s in PHI_STRINGS)
 
 
-def test_changing_roi_name_recomputes_the_features(tmp_path, capsys):
-    """The feature cache knows which structure was the ROI: GTV, then Body, then GTV again."""
-    from radiodeep.cli import main
-
+def _gtv_body_cohort(tmp_path: Path) -> None:
     rows = []
     for i in range(4):
         folder = tmp_path / f"q{i}"
@@ -114,6 +111,13 @@ def test_changing_roi_name_recomputes_the_features(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "setting": {"binWidth": 25}, "imageType": {"Original": {}},
         "featureClass": {"shape": ["VoxelVolume"]}}), encoding="utf-8")
+
+
+def test_changing_roi_name_recomputes_the_features(tmp_path, capsys):
+    """The feature cache knows which structure was the ROI: GTV, then Body, then GTV again."""
+    from radiodeep.cli import main
+
+    _gtv_body_cohort(tmp_path)
     volumes = []
     for roi in ("GTV", "Body", "GTV"):
         study = tmp_path / "study.yaml"
@@ -126,3 +130,20 @@ def test_changing_roi_name_recomputes_the_features(tmp_path, capsys):
         volumes.append(feats["original_shape_VoxelVolume"].to_numpy())
     assert (volumes[1] > 2 * volumes[0]).all()  # the body, not the cached GTV
     assert (volumes[2] == volumes[0]).all()
+
+
+def test_deep_route_reads_rtstruct_masks(tmp_path, capsys):
+    """The deep route crops around the RTSTRUCT's ROI like around any mask (random weights: tests only)."""
+    from radiodeep.cli import main
+
+    _gtv_body_cohort(tmp_path)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "cohort": {"manifest": "cohort.csv", "positive_label": "b", "roi_name": "GTV"},
+        "roi": {"crop": "exact", "size": 64},
+        "features": {"deep": {"backbone": "alexnet", "weights": None, "layer": "fc6", "device": "cpu"}},
+        "output": "results", "execution": {"progress": False}}), encoding="utf-8")
+    assert main(["run", str(study), "--only", "extract"]) == 0
+    feats = pd.read_csv(tmp_path / "results" / "features_deep.csv", index_col="case_id")
+    assert sorted(feats.index) == ["q0", "q1", "q2", "q3"] and feats.shape[1] == 4096
+    assert np.isfinite(feats.to_numpy()).all() and feats.std(axis=0).max() > 0
