@@ -178,8 +178,7 @@ def fill_polygons(polys: list[np.ndarray], nx: int, ny: int) -> np.ndarray:
     e, r = np.nonzero(crosses)
     xi = x1[e] + (rows[r] - y1[e]) / (y2[e] - y1[e]) * (x2[e] - x1[e])
     first = np.clip(np.ceil(xi), 0, nx).astype(np.intp)  # columns c < xi are those c < ceil(xi)
-    hits = np.zeros((len(rows), nx + 1), np.int32)
-    np.add.at(hits, (r, first), 1)
+    hits = np.bincount(r * (nx + 1) + first, minlength=len(rows) * (nx + 1)).reshape(len(rows), nx + 1)
     right = np.cumsum(hits[:, ::-1], axis=1)[:, ::-1]  # right[:, q] = crossings with ceil(xi) >= q
     out[r0:r1 + 1] = (right[:, 1:] & 1).astype(np.uint8)  # column c: crossings with xi > c
     return out
