@@ -47,6 +47,7 @@ class RunResult:
     experiment_errors: dict[str, str] = field(default_factory=dict)
     features: dict[str, pd.DataFrame] = field(default_factory=dict)
     report: Path | None = None
+    random_weights: list[str] = field(default_factory=list)  # routes whose network had random weights
 
     def summary(self) -> str:
         lines = []
@@ -64,6 +65,10 @@ class RunResult:
         if self.report is not None:
             lines.append(f"report: {self.report}")
         lines.append(f"outputs in: {self.output_dir}")
+        from .features.weights import random_weights_line
+
+        if self.random_weights:  # last, where the eye lands at the end of a run
+            lines.append(random_weights_line(self.random_weights))
         return "\n".join(lines)
 
 
@@ -271,6 +276,9 @@ def run(config: Config, only: str | None = None) -> RunResult:
             from .qc import contact_sheet as write_sheet
 
             write_sheet(qc, contact_sheet)
+    from .features.weights import random_weight_routes
+
+    result.random_weights = random_weight_routes({name: res.provenance for name, res in routes.items()})
     result.failures = _failures_frame(failures)
     result.failures.to_csv(out / "failures.csv", index=False)
     if only == "extract":
