@@ -529,9 +529,10 @@ def build(name: str, weights: str | Path | None = "IMAGENET1K_V1", base_dir: Pat
     return model
 
 
-def _load(name: str, weights: str | Path | None, base_dir: Path | str | None) -> tuple[nn.Module, dict[str, Any]]:
+def _load(name: str, weights: "str | Path | WeightsSource | None", base_dir: Path | str | None
+          ) -> tuple[nn.Module, dict[str, Any]]:
     spec = get_spec(name)
-    src = resolve_weights(name, weights, base_dir)
+    src = weights if isinstance(weights, WeightsSource) else resolve_weights(name, weights, base_dir)
     prov = weights_provenance(src)  # checks the file's hash against the published one first
     if spec.family == "matconvnet":
         from .matconvnet import load_simplenn
@@ -586,9 +587,10 @@ def _check_fits(name: str, path: str, size: int, mtime_ns: int) -> None:
         _check_keys(model, sd, name, path)
 
 
-def load_backbone(name: str, weights: str | Path | None, base_dir: Path | str | None = None
+def load_backbone(name: str, weights: "str | Path | WeightsSource | None", base_dir: Path | str | None = None
                   ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model in eval mode (no gradients) and the provenance of its weights."""
+    """The model in eval mode (no gradients) and the provenance of its weights. ``weights`` may
+    be a :class:`WeightsSource` already resolved (the deep route resolves once)."""
     model, prov = _load(name, weights, base_dir)
     model.eval()
     model.requires_grad_(False)
@@ -655,10 +657,6 @@ class FeatureExtractor:
         self.layer = layer
         self.activation = activation
         self.tap = LayerTap(model, self.tap_spec.path, self.tap_spec.where)
-
-    @property
-    def module_path(self) -> str:
-        return self.tap_spec.path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
