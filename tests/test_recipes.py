@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,9 @@ def test_recipe_runs_on_phantoms(name, tmp_path):
     assert not res.experiment_errors, res.experiment_errors
     assert res.random_weights == []  # real ImageNet features, whatever this machine has
     assert "NOT IMAGENET FEATURES" not in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    prov = json.loads((tmp_path / "out" / "features_deep.provenance.json").read_text(encoding="utf-8"))
+    assert prov["weights"]["backbone"] == prov["backbone"] == cfg.features.deep.backbone
+    assert len(prov["weights"]["sha256"]) == 64 and prov["weights"]["licence"]
     assert set(res.metrics.experiment) == {e.name for e in cfg.experiments}
     assert (tmp_path / "out" / "report.html").is_file()
     preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
