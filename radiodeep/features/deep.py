@@ -43,6 +43,7 @@ from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
 from ..qc import network_view_items
 from .backbones import (
     check_input_size,
+    check_weights_file,
     feature_extractor,
     get_spec,
     load_backbone,
@@ -153,8 +154,8 @@ def pick_device(choice: str) -> torch.device:
 def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tuple[str, Exception]]:
     """Every problem of the deep route's settings that shows before any image is read, as
     ``(config key, exception)``: backbone, layer and activation, input size, device, and
-    weights present on this machine (resolved, not read). Empty when the route is fine.
-    ``resolved``, when given, receives what the checks resolved (``tap``, ``weights``)."""
+    weights present on this machine and fitting the network (hash, keys, shapes). Empty when the
+    route is fine. ``resolved``, when given, receives what the checks resolved (``tap``, ``weights``)."""
     resolved = {} if resolved is None else resolved
     deep = config.features.deep
     if deep is None:
@@ -168,7 +169,8 @@ def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tup
         ("tap", "features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
         ("", "roi.size", lambda: _check_min_size(spec, config.roi.size)),
         ("", "features.deep.device", lambda: pick_device(deep.device)),
-        ("weights", "features.deep.weights", lambda: resolve_weights(deep.backbone, deep.weights, config.base_dir)),
+        # resolved, hash-checked and read (keys and shapes against the network) before any case is
+        ("weights", "features.deep.weights", lambda: check_weights_file(deep.backbone, deep.weights, config.base_dir)),
     )
     for name, key, check in checks:
         try:
