@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
 
 __all__ = [
     "KnownWeights",
@@ -133,6 +132,8 @@ class KnownWeights:
 
 def hub_checkpoint_dir() -> Path:
     """The torch hub cache (``torch.hub.get_dir()/checkpoints``; ``TORCH_HOME`` moves it)."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -169,6 +170,8 @@ CNN_F = KnownWeights("cnn_f", "imagenet-vgg-f.mat", None, None,
 
 @functools.lru_cache(maxsize=1)
 def _registry() -> dict[str, KnownWeights]:
+    import torch
+
     from torchvision.models import get_model_weights
 
     out = {w.name: w for w in _PACKAGED}
@@ -254,6 +257,8 @@ def fetch(name: str, *, progress: bool = True, folder: Path | None = None) -> Pa
     A file already there (and intact) is not downloaded again. Offline, or for a file that
     only comes with a package, :class:`DownloadError` says so in one line.
     """
+    import torch
+
     w = get_known(name)
     found = w.find()
     if found is not None:
