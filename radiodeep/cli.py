@@ -184,6 +184,25 @@ def _cmd_demo(args) -> int:
     return ExitCode.EXPERIMENT_FAILED if result.experiment_errors else ExitCode.OK
 
 
+def _cmd_predict(args) -> int:
+    from .pipeline import RunError
+    from .predict import predict
+
+    out = Path(args.out).resolve() if args.out else Path(args.manifest).resolve().parent / "predictions"
+
+    def work():
+        try:
+            return predict(args.model, args.manifest, out, experiment=args.experiment, progress=args.progress)
+        except ValueError as err:  # a refused model file, a manifest or settings that cannot be used
+            raise RunError(str(err)) from None
+
+    code, result = _locked_run(out, args.verbose + 1, work)
+    if result is None:
+        return code
+    print(result.summary())
+    return ExitCode.CASES_FAILED if len(result.failures) else ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli_deep import add_commands, add_download_option
 
@@ -227,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=["ct", "mr"], default="ct")
     s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
     s.set_defaults(func=_cmd_synth)
+    pr = sub.add_parser("predict", parents=[common],
+                        help="score new cases (no labels needed) with a study's saved final model(s)",
+                        epilog=ExitCode.describe())
+    pr.add_argument("model", type=Path, help="a study's output folder (its models/) or one .joblib model file")
+    pr.add_argument("manifest", type=Path, help="CSV of the new cases: case_id, image, mask (no label needed)")
+    pr.add_argument("--out", type=Path, default=None,
+                    help="folder for predictions_new.csv/.html (default: 'predictions' beside the manifest)")
+    pr.add_argument("--experiment", default=None, help="only this experiment's model")
+    pr.set_defaults(func=_cmd_predict)
     add_commands(sub, common)  # weights, extract-deep
     return p
 

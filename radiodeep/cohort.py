@@ -65,11 +65,13 @@ class Cohort:
 
 def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: list[str] | None = None,
                   positive_label: str | int | None = None, roi_name: str | int | None = None,
-                  mask_cache: Path | None = None) -> tuple[Cohort, list[str]]:
+                  mask_cache: Path | None = None, labels: bool = True) -> tuple[Cohort, list[str]]:
     """Read a manifest; return the cohort and a list of manifest-level problems.
 
     Problems that make the manifest unusable (unreadable file, missing columns)
     raise ``ValueError``; per-row problems (duplicate ids, label set) are returned.
+    ``labels=False`` reads a manifest for label-free work (extraction, scoring new cases):
+    the ``label`` column may be absent, empty or hold a single value (kept as read).
     """
     path = Path(path)
     try:
@@ -78,6 +80,11 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
         raise ValueError(f"cannot read manifest {path}: {err}") from None
     df.columns = [c.strip() for c in df.columns]
     need = list(REQUIRED_COLUMNS) + list(sequences or [])
+    if not labels and "label" not in df.columns:
+        need.remove("label")
+        known_label = False
+    else:
+        known_label = True
     missing = [c for c in need if c not in df.columns]
     if missing:
         hint = ""
@@ -91,7 +98,7 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
         raise ValueError(f"manifest {path} has a header but no rows: add one row per case")
     problems: list[str] = []
     base = path.resolve().parent
-    known = set(need) | {"mask_label", "split", "roi_name"}
+    known = set(need) | {"mask_label", "split", "roi_name", "label"}
     cases = []
     for i, row in df.iterrows():
         cid = row["case_id"].strip()
@@ -108,7 +115,7 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
             case_id=cid,
             image=_abs(base, row["image"]),
             mask=_abs(base, row["mask"]),
-            label=row["label"].strip(),
+            label=row["label"].strip() if known_label else "",
             mask_label=ml,
             split=(row["split"].strip() or None) if "split" in df.columns else None,
             sequences=tuple(_abs(base, row[c]) for c in (sequences or [])),
@@ -120,6 +127,8 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
     for dup in sorted({x for x in ids if ids.count(x) > 1}):
         rows = [i + 2 for i, x in enumerate(df["case_id"].str.strip()) if x == dup]
         problems.append(f"case {dup}: duplicate case_id (manifest rows {rows})")
+    if not labels:
+        return Cohort(cases, None if positive_label is None else str(positive_label)), problems
     for c in cases:
         if not c.label:
             problems.append(f"case {c.case_id}: empty label")

@@ -287,6 +287,9 @@ class ExperimentConfig(_Strict):
     features: list[Literal["handcrafted", "deep"]] = Field(min_length=1)
     select: SelectConfig = Field(default_factory=lambda: SelectConfig(method="none"))
     classifier: ClassifierConfig
+    final: bool = Field(False, description="fit this experiment on every eligible case after the "
+                                           "evaluation and save it for 'radiodeep predict' (when no "
+                                           "experiment says final: true, every experiment is saved)")
 
     @field_validator("classifier", mode="before")
     @classmethod

@@ -71,9 +71,10 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- stages
-def prepare(config: Config, progress: bool, extracting: bool = True):
+def prepare(config: Config, progress: bool, extracting: bool = True, labels: bool = True):
     """Check the output folder, the routes' settings (when features are to be extracted)
-    and the cohort; apply the on_invalid policy. Nothing is computed before all pass."""
+    and the cohort; apply the on_invalid policy. Nothing is computed before all pass.
+    ``labels=False`` (``--only extract``): the manifest needs no label column (or one value)."""
     out = config.output_dir
     reason = check_output_writable(out)
     if reason:
@@ -84,7 +85,7 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     if problems:
         raise RunError("the feature settings cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
     # evaluation alone opens no image: the manifest's labels are all it needs
-    report = load_cohort(config, check_images=extracting, progress=progress)
+    report = load_cohort(config, check_images=extracting, progress=progress, labels=labels)
     if report.problems:
         raise RunError("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in report.problems))
     cohort = report.cohort
@@ -99,9 +100,9 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
                            f"cohort.on_invalid: skip to exclude them:\n{listing}")
         log.warning("excluding %d invalid case(s):\n%s", len(report.failures), listing)
         cohort = cohort.without(report.failures)
-    labels = set(cohort.labels)
-    if len(labels) < 2:
-        raise RunError(f"after exclusions only label(s) {sorted(labels)} remain; a binary task needs both")
+    present = set(cohort.labels)
+    if labels and len(present) < 2:
+        raise RunError(f"after exclusions only label(s) {sorted(present)} remain; a binary task needs both")
     return cohort
 
 
@@ -367,7 +368,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
     out = config.output_dir
-    cohort = prepare(config, progress, extracting=only != "evaluate")
+    cohort = prepare(config, progress, extracting=only != "evaluate", labels=only != "extract")
     if only != "evaluate":
         from .outdir import remove_stale_evaluation
 
@@ -450,6 +451,11 @@ def _run(config: Config, only: str | None = None) -> RunResult:
     write_table(predictions, out / "predictions.csv")
     write_table(selection, out / "selected_features.csv")
     write_table(delong, out / "delong.csv")
+    from .final_model import fit_final_models
+
+    record.models = fit_final_models(
+        config, tables, y, {n: r.settings_key for n, r in record.routes.items()}, out, skip=set(errors),
+        negative_label=next((v for v in sorted(set(cohort.labels)) if v != cohort.positive_label), None))
 
     record.metrics = metrics.to_dict(orient="records")
     record.delong = delong.to_dict(orient="records")

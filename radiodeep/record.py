@@ -68,6 +68,7 @@ class RunRecord:
     experiment_errors: dict[str, str] = field(default_factory=dict)
     delong: list[dict] = field(default_factory=list)  # pairwise tests (= delong.csv)
     outputs: dict[str, str] = field(default_factory=dict)  # role -> file name in the folder
+    models: list[dict] = field(default_factory=list)  # final models saved: experiment, file, sha256
     schema: int = SCHEMA
 
     # ------------------------------------------------------------------ persistence

@@ -1,0 +1,169 @@
+"""Final models and ``radiodeep predict``: a study's saved models score a second, unlabelled
+phantom cohort with the numbers the same pipeline gives in Python; label-free extraction;
+tampered or foreign model files are refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from radiodeep.cli import main
+from radiodeep.config import load_config
+from radiodeep.errors import ExitCode
+from radiodeep.experiment import build_pipeline
+from radiodeep.features.store import read_features
+from radiodeep.final_model import ModelFileError, load_model
+from radiodeep.pipeline import RunError, run
+from radiodeep.synth import make_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = str(ROOT / "sample_configs" / "pyradiomics_ct.yaml")
+
+EXPERIMENTS = [
+    {"name": "hc-su5-nb", "features": ["handcrafted"], "select": {"method": "su", "k": 5},
+     "classifier": "naive_bayes", "final": True},
+    {"name": "hc-relieff4-svm", "features": ["handcrafted"], "select": {"method": "relieff", "k": 4},
+     "classifier": "svm_rbf", "final": True},
+    {"name": "hc-lr", "features": ["handcrafted"], "classifier": "logistic_regression"},
+]
+
+
+def write_study(folder: Path, manifest: str, experiments=None, output="results") -> Path:
+    cfg = {
+        "name": "predict test",
+        "cohort": {"manifest": manifest, "positive_label": "short"},
+        "features": {"handcrafted": {"mode": "3d", "settings": {"binWidth": 25}, "params": PARAMS}},
+        "experiments": EXPERIMENTS if experiments is None else experiments,
+        "evaluation": {"scheme": "loo", "seed": 0},
+        "output": output,
+        "execution": {"n_jobs": 1, "progress": False},
+    }
+    path = folder / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def rewrite_manifest(path: Path, *, prefix: str, drop_label: bool = True, broken: bool = False) -> Path:
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    for r in rows:
+        r["case_id"] = prefix + r["case_id"]
+        if drop_label:
+            del r["label"]
+    if broken:  # a case whose image is missing: listed, the others scored
+        rows.append({**rows[0], "case_id": prefix + "broken", "image": "images/none.nrrd"})
+    out = path.with_name(f"manifest_{prefix}{'broken' if broken else ''}.csv")
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    make_cohort(tmp / "cohort", n_cases=12, seed=5)
+    cfg = load_config(write_study(tmp, "cohort/manifest.csv"))
+    result = run(cfg)
+    new = make_cohort(tmp / "new", n_cases=5, seed=11)
+    return tmp, cfg, result, new
+
+
+def test_final_models_are_saved_with_a_sidecar(study):
+    tmp, cfg, result, _ = study
+    assert not result.experiment_errors
+    models = cfg.output_dir / "models"
+    # final: true marks two experiments: only those are saved
+    assert sorted(p.name for p in models.glob("*.joblib")) == ["hc-relieff4-svm.joblib", "hc-su5-nb.joblib"]
+    meta = json.loads((models / "hc-su5-nb.json").read_text(encoding="utf-8"))
+    assert set(meta["versions"]) == {"radiodeep", "scikit-learn", "numpy"}
+    assert meta["threshold"] == 0.5 and meta["n_cases"] == 12
+    assert meta["routes"]["handcrafted"]["settings_key"] == json.loads(
+        (cfg.output_dir / "run_record.json").read_text(encoding="utf-8"))["routes"]["handcrafted"]["settings_key"]
+    assert json.loads((models / "hc-relieff4-svm.json").read_text(encoding="utf-8"))["threshold"] == 0.0
+    record = json.loads((cfg.output_dir / "run_record.json").read_text(encoding="utf-8"))
+    assert [m["experiment"] for m in record["models"]] == ["hc-su5-nb", "hc-relieff4-svm"]
+
+
+def test_predict_gives_the_numbers_of_the_same_pipeline_fitted_in_python(study):
+    tmp, cfg, _, new = study
+    unlabelled = rewrite_manifest(new, prefix="n", broken=True)
+    out = tmp / "scored"
+    code = main(["predict", str(cfg.output_dir), str(unlabelled), "--out", str(out), "--no-progress"])
+    assert code == ExitCode.CASES_FAILED  # the broken case
+    pred = pd.read_csv(out / "predictions_new.csv", dtype={"case_id": str})
+    fails = pd.read_csv(out / "failures_new.csv", dtype={"case_id": str})
+    assert fails["case_id"].tolist() == ["nbroken"] and "none.nrrd" in fails["reason"][0]
+    assert sorted(pred["experiment"].unique()) == ["hc-relieff4-svm", "hc-su5-nb"]
+    assert sorted(pred.loc[pred.experiment == "hc-su5-nb", "case_id"]) == [f"nct{i:03d}" for i in range(5)]
+    page = (out / "predictions_new.html").read_text(encoding="utf-8")
+    assert "nbroken" in page and "nct004" in page
+
+    # the same in Python: features of the new cohort extracted independently (own output and
+    # cache, label-free --only extract), the pipeline fitted on the study's exported features
+    fresh = load_config(write_study(tmp, str(rewrite_manifest(new, prefix="n")), output="fresh"))
+    run(fresh, only="extract")
+    X_new = read_features(fresh.output_dir / "features_handcrafted.csv")
+    X = read_features(cfg.output_dir / "features_handcrafted.csv")
+    labels = pd.read_csv(tmp / "cohort" / "manifest.csv", dtype=str).set_index("case_id")["label"]
+    y = (labels.loc[X.index] == "short").astype(int).to_numpy()
+    for exp in cfg.experiments[:2]:
+        pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, cfg.evaluation.seed).fit(X, y)
+        if exp.classifier.name == "svm_rbf":
+            expected, cut = pipe.decision_function(X_new), 0.0
+        else:
+            expected, cut = pipe.predict_proba(X_new)[:, 1], 0.5
+        got = pred[pred.experiment == exp.name].set_index("case_id").loc[X_new.index]
+        np.testing.assert_array_equal(got["score"].to_numpy(), expected)
+        assert (got["threshold"] == cut).all()
+        want = np.where(expected > cut, "short", "long")
+        assert got["predicted_label"].tolist() == want.tolist()
+
+
+def test_label_free_extraction_with_one_label_value(study):
+    tmp, cfg, _, new = study
+    one = rewrite_manifest(new, prefix="o", drop_label=False)
+    df = pd.read_csv(one, dtype=str)
+    df["label"] = "short"
+    df.to_csv(one, index=False)
+    c = load_config(write_study(tmp, one.name if one.parent == tmp else str(one), output="onelabel"))
+    res = run(c, only="extract")
+    assert res.features["handcrafted"].shape[0] == 5
+    with pytest.raises(RunError, match="two label values"):  # evaluating still needs two classes
+        run(c)
+
+
+def test_a_tampered_model_file_is_refused(study, tmp_path):
+    _, cfg, _, new = study
+    models = tmp_path / "models"
+    shutil.copytree(cfg.output_dir / "models", models)
+    f = models / "hc-su5-nb.joblib"
+    load_model(f)  # intact: loads
+    f.write_bytes(f.read_bytes() + b"\0")
+    with pytest.raises(ModelFileError, match="hc-su5-nb.joblib refused: its SHA-256"):
+        load_model(f)
+    code = main(["predict", str(f), str(new), "--out", str(tmp_path / "p"), "--no-progress"])
+    assert code == ExitCode.STOPPED
+    assert not (tmp_path / "p" / "predictions_new.csv").exists()
+
+
+def test_a_model_from_other_versions_is_refused_naming_them(study, tmp_path):
+    _, cfg, _, _ = study
+    models = tmp_path / "models"
+    shutil.copytree(cfg.output_dir / "models", models)
+    side = models / "hc-su5-nb.json"
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    meta["versions"]["scikit-learn"] = "0.24.2"
+    side.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ModelFileError, match=r"scikit-learn 0.24.2 \(model\) vs"):
+        load_model(models / "hc-su5-nb.joblib")
+    (models / "hc-relieff4-svm.json").unlink()
+    with pytest.raises(ModelFileError, match="sidecar hc-relieff4-svm.json is missing"):
+        load_model(models / "hc-relieff4-svm.joblib")
