@@ -87,6 +87,9 @@ class CohortConfig(_Strict):
         max_length=3,
         description="three manifest columns holding MR sequences for the 'sequences' channel strategy",
     )
+    covariates: list[str] | dict[str, Literal["numeric", "categorical"]] | None = Field(
+        None, description="manifest columns that become the 'clinical' route's features (a list: numeric "
+                          "when every value is a number, else categorical; or a mapping name: kind)")
 
 
 # --------------------------------------------------------------------------- roi
@@ -220,14 +223,24 @@ class DeepConfig(_Strict):
     )
 
 
+class ClinicalConfig(_Strict):
+    """The ``clinical`` route (the covariates are ``cohort.covariates``; set up by naming them)."""
+
+    missing: Literal["refuse"] = Field(
+        "refuse", description="a case with a covariate missing fails in the clinical route (listed), "
+                              "never imputed")
+
+
 class FeaturesConfig(_Strict):
     handcrafted: HandcraftedConfig | None = None
     deep: DeepConfig | None = None
+    clinical: ClinicalConfig | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self):
-        if self.handcrafted is None and self.deep is None:
-            raise ValueError("name at least one feature route: 'handcrafted' and/or 'deep'")
+        if self.handcrafted is None and self.deep is None and self.clinical is None:
+            raise ValueError("name at least one feature route: 'handcrafted' and/or 'deep' "
+                             "(or clinical covariates: cohort.covariates)")
         return self
 
 
@@ -284,7 +297,7 @@ class ClassifierConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
-    features: list[Literal["handcrafted", "deep"]] = Field(min_length=1)
+    features: list[Literal["handcrafted", "deep", "clinical"]] = Field(min_length=1)
     select: SelectConfig = Field(default_factory=lambda: SelectConfig(method="none"))
     classifier: ClassifierConfig
     final: bool = Field(False, description="fit this experiment on every eligible case after the "
@@ -344,8 +357,20 @@ class Config(_Strict):
     # not part of the schema: where the file was read from
     _base_dir: Path = Path(".")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _clinical_route(cls, data):
+        """Covariates named in ``cohort.covariates`` set up the ``clinical`` route."""
+        if isinstance(data, dict) and isinstance(data.get("cohort"), dict) and data["cohort"].get("covariates"):
+            feats = data.get("features")
+            if isinstance(feats, dict) and feats.get("clinical") is None:
+                data = {**data, "features": {**feats, "clinical": {}}}
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.features.clinical is not None and not self.cohort.covariates:
+            raise ValueError("the clinical route needs cohort.covariates (the manifest columns to use)")
         names = [e.name for e in self.experiments]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -96,12 +96,13 @@ def final_experiments(config) -> list:
     return marked or list(config.experiments)
 
 
-def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, route_keys: dict[str, str],
+def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, route_info: dict[str, dict],
                      out: Path, skip: set[str] = frozenset(), negative_label: str | None = None) -> list[dict]:
     """Fit and save the final models (module docs); one that cannot be fitted is logged and left out.
 
     ``tables``: route -> feature table (the evaluation's); ``y``: 0/1 by case id;
-    ``route_keys``: route -> settings key of those tables; ``skip``: experiments whose evaluation
+    ``route_info``: route -> {"settings_key": key of those tables, and for the clinical route
+    "encoding": the covariates' kinds and categories}; ``skip``: experiments whose evaluation
     failed. Returns one entry per saved model (experiment, file, sha256, n cases)."""
     from sklearn.base import clone
 
@@ -126,7 +127,7 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
             threshold, kind = threshold_of(pipe)
             meta = {
                 "experiment": exp.model_dump(mode="json"),
-                "routes": {r: {"settings_key": route_keys[r], "columns": routes[r]} for r in exp.features},
+                "routes": {r: {**route_info[r], "columns": routes[r]} for r in exp.features},
                 "positive_label": config.cohort.positive_label if config.cohort.positive_label is None
                 else str(config.cohort.positive_label),
                 "negative_label": negative_label,

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RunError", "RunResult", "run", "exit_code", "extract_routes", "evaluate_experiments"]
 
-ROUTES = ("handcrafted", "deep")
+ROUTES = ("handcrafted", "deep", "clinical")
 
 
 class RunError(RuntimeError):
@@ -454,7 +454,9 @@ def _run(config: Config, only: str | None = None) -> RunResult:
     from .final_model import fit_final_models
 
     record.models = fit_final_models(
-        config, tables, y, {n: r.settings_key for n, r in record.routes.items()}, out, skip=set(errors),
+        config, tables, y, {n: {"settings_key": r.settings_key,
+                                **({"encoding": r.provenance["encoding"]} if "encoding" in r.provenance else {})}
+                            for n, r in record.routes.items()}, out, skip=set(errors),
         negative_label=next((v for v in sorted(set(cohort.labels)) if v != cohort.positive_label), None))
 
     record.metrics = metrics.to_dict(orient="records")

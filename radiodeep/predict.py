@@ -46,6 +46,7 @@ class PredictResult:
     failures: pd.DataFrame
     models: list[FinalModel] = field(default_factory=list)
     features: dict[str, pd.DataFrame] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # per case: e.g. a category unseen in training
 
     def summary(self) -> str:
         lines = [f"{self.predictions['case_id'].nunique() if len(self.predictions) else 0} case(s) "
@@ -53,6 +54,9 @@ class PredictResult:
         if len(self.failures):
             lines.append(f"{len(self.failures)} case problem(s), not scored: "
                          f"{self.output_dir / 'failures_new.csv'}")
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s) (e.g. a category not seen in training): "
+                         f"{self.output_dir / 'warnings_new.txt'}")
         lines.append(f"page: {self.output_dir / 'predictions_new.html'}")
         return "\n".join(lines)
 
@@ -108,14 +112,22 @@ def predict(target: Path | str, manifest: Path | str, out: Path | str, *, experi
     for w in report.warnings:
         log.warning("%s", w)
     failures: list[CaseFailure] = list(report.failures)
+    warnings: list[str] = []
     cohort = report.cohort.without(report.failures)
     context = RunContext.from_config(config, progress=progress)
     tables: dict[str, pd.DataFrame] = {}
     for name in needed:
-        res = get_route(name).extract(cohort, settings[name], context) if len(cohort) else None
-        if res is None:
+        if not len(cohort):
             continue
+        route = get_route(name)
+        encoding = next((m.meta["routes"][name]["encoding"] for m in models
+                         if "encoding" in m.meta["routes"].get(name, {})), None)
+        if encoding is not None and hasattr(route, "extract_like"):  # the encoding the model was fitted with
+            res = route.extract_like(cohort, settings[name], context, encoding)
+        else:
+            res = route.extract(cohort, settings[name], context)
         failures += res.failures
+        warnings += res.provenance.get("warnings", [])
         tables[name] = res.features
         export_csv(res.features, out / f"features_{name}_new.csv",
                    {"radiodeep_route": name, "settings_key": settings[name].cache_key()})
@@ -139,12 +151,14 @@ def predict(target: Path | str, manifest: Path | str, out: Path | str, *, experi
     fails = pd.DataFrame([f.to_dict() for f in failures], columns=["case_id", "stage", "reason"])
     write_table(predictions, out / "predictions_new.csv")
     write_table(fails, out / "failures_new.csv")
-    (out / "predictions_new.html").write_text(_page(models, predictions, fails, Path(manifest).name),
+    (out / "predictions_new.html").write_text(_page(models, predictions, fails, Path(manifest).name, warnings),
                                               encoding="utf-8")
-    return PredictResult(out, predictions, fails, models, tables)
+    (out / "warnings_new.txt").write_text("".join(f"{w}\n" for w in warnings), encoding="utf-8")
+    return PredictResult(out, predictions, fails, models, tables, warnings)
 
 
-def _page(models: list[FinalModel], predictions: pd.DataFrame, failures: pd.DataFrame, manifest: str) -> str:
+def _page(models: list[FinalModel], predictions: pd.DataFrame, failures: pd.DataFrame, manifest: str,
+          warnings: list[str] = ()) -> str:
     """A short, self-contained page: the models used, their threshold rule, scores, failures."""
     esc = html.escape
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -160,6 +174,8 @@ def _page(models: list[FinalModel], predictions: pd.DataFrame, failures: pd.Data
                         for r in failures.itertuples())
     fails = (f"<h2>Cases not scored ({len(failures)})</h2><table><tr><th>case</th><th>stage</th>"
              f"<th>reason</th></tr>{fail_rows}</table>") if len(failures) else "<p>Every case was scored.</p>"
+    warn = (f"<h2>Warnings ({len(warnings)})</h2><ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings)
+            + "</ul>") if warnings else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>radiodeep predictions: {esc(manifest)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
@@ -174,5 +190,6 @@ decision function), never tuned on these cases.</p>
 <h2>Scores ({len(predictions)})</h2><table><tr><th>case</th><th>experiment</th><th>score</th>
 <th>predicted label</th></tr>{pred_rows}</table>
 {fails}
+{warn}
 </body></html>
 """

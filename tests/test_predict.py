@@ -167,3 +167,77 @@ def test_a_model_from_other_versions_is_refused_naming_them(study, tmp_path):
     (models / "hc-relieff4-svm.json").unlink()
     with pytest.raises(ModelFileError, match="sidecar hc-relieff4-svm.json is missing"):
         load_model(models / "hc-relieff4-svm.joblib")
+
+
+# --------------------------------------------------------------------------- clinical route
+def add_covariates(manifest: Path, stages: list[str], out_name: str, ages=None) -> Path:
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df["stage"] = [stages[i % len(stages)] for i in range(len(df))]
+    if ages is not None:
+        df["age"] = ages
+    path = manifest.with_name(out_name)
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clinical_study(study):
+    tmp, _, _, new = study
+    add_covariates(tmp / "cohort" / "manifest.csv", ["I", "II", "III"], "manifest_clinical.csv")
+    exps = [
+        {"name": "clin-hc-su2-lr", "features": ["clinical", "handcrafted"],
+         "select": {"method": "su", "k_per_route": 2}, "classifier": "logistic_regression"},
+        {"name": "clin-nb", "features": ["clinical"], "classifier": "naive_bayes"},
+    ]
+    path = write_study(tmp, "cohort/manifest_clinical.csv", experiments=exps, output="clinical")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["cohort"]["covariates"] = ["age", "stage"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    cfg = load_config(path)
+    return tmp, cfg, run(cfg), new
+
+
+def test_clinical_covariates_with_handcrafted_features(clinical_study):
+    tmp, cfg, result, _ = clinical_study
+    assert not result.experiment_errors, result.experiment_errors
+    clin = read_features(cfg.output_dir / "features_clinical.csv")
+    assert list(clin.columns) == ["clinical_age", "clinical_stage_I", "clinical_stage_II", "clinical_stage_III"]
+    manifest = pd.read_csv(tmp / "cohort" / "manifest_clinical.csv", dtype=str).set_index("case_id")
+    np.testing.assert_array_equal(clin["clinical_age"], manifest.loc[clin.index, "age"].astype(float))
+    assert (clin.filter(like="clinical_stage_").sum(axis=1) == 1).all()
+    assert set(result.metrics["experiment"]) == {"clin-hc-su2-lr", "clin-nb"}
+    sel = result.selection[result.selection.experiment == "clin-hc-su2-lr"]
+    assert set(sel["route"]) == {"clinical", "handcrafted"}  # two of each route in every fold
+    meta = json.loads((cfg.output_dir / "models" / "clin-nb.json").read_text(encoding="utf-8"))
+    assert meta["routes"]["clinical"]["encoding"]["stage"] == {"kind": "categorical",
+                                                                "categories": ["I", "II", "III"]}
+
+
+def test_predict_with_covariates_unseen_category_warns_missing_value_fails(clinical_study):
+    tmp, cfg, _, new = clinical_study
+    ages = ["70", "", "55", "61", "80"]  # the second case lacks its age
+    labelled = add_covariates(new, ["II", "IV", "I"], "manifest_newclin.csv", ages=ages)
+    unlabelled = rewrite_manifest(labelled, prefix="c")
+    res = __import__("radiodeep.predict", fromlist=["predict"]).predict(
+        cfg.output_dir, unlabelled, tmp / "scored_clin", experiment="clin-nb")
+    assert res.failures["case_id"].tolist() == ["cct001"]
+    assert "'age' is missing" in res.failures["reason"][0]
+    # stage IV (cases 1 and 4): case 1 failed on its age; case 4 is scored with a warning
+    assert len(res.warnings) == 1 and "cct004" in res.warnings[0] and "'IV'" in res.warnings[0]
+    X = res.features["clinical"]
+    assert X.loc["cct004", ["clinical_stage_I", "clinical_stage_II", "clinical_stage_III"]].sum() == 0
+    model = load_model(cfg.output_dir / "models" / "clin-nb.joblib")
+    expected = model.pipeline.predict_proba(X.loc[["cct000", "cct002", "cct003", "cct004"]])[:, 1]
+    np.testing.assert_array_equal(res.predictions.set_index("case_id")["score"].to_numpy(), expected)
+
+
+def test_a_covariate_not_in_the_manifest_is_named_before_any_work(study):
+    tmp, _, _, _ = study
+    path = write_study(tmp, "cohort/manifest.csv", experiments=[
+        {"name": "c", "features": ["clinical"], "classifier": "naive_bayes"}], output="badcov")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["cohort"]["covariates"] = {"age": "numeric", "weight": "numeric"}
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(RunError, match="'weight' is not a column of manifest.csv"):
+        run(load_config(path))
+    assert main(["validate", str(path), "--no-images"]) == 1
