@@ -87,6 +87,10 @@ class CohortConfig(_Strict):
         max_length=3,
         description="three manifest columns holding MR sequences for the 'sequences' channel strategy",
     )
+    columns: dict[str, str] | None = Field(
+        None, description="radiodeep column -> the manifest's column, e.g. {label: Outcome, case_id: ID}; "
+                          "a PyRadiomics batch file (ID,Image,Mask[,Label]) is recognised without it "
+                          "(its Label is the MASK label, not the outcome)")
     covariates: list[str] | dict[str, Literal["numeric", "categorical"]] | None = Field(
         None, description="manifest columns that become the 'clinical' route's features (a list: numeric "
                           "when every value is a number, else categorical; or a mapping name: kind)")

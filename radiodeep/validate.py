@@ -51,7 +51,7 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
         cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=label,
                                          sequences=cc.sequences, positive_label=cc.positive_label,
                                          roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks",
-                                         labels=labels)
+                                         labels=labels, columns=cc.columns)
     except ValueError as err:
         return CohortReport(None, [str(err)])
     if config.evaluation.scheme == "external" and labels:

@@ -241,3 +241,47 @@ def test_a_covariate_not_in_the_manifest_is_named_before_any_work(study):
     with pytest.raises(RunError, match="'weight' is not a column of manifest.csv"):
         run(load_config(path))
     assert main(["validate", str(path), "--no-images"]) == 1
+
+
+# --------------------------------------------------------------------------- PyRadiomics batch files
+def pyradiomics_batch(manifest: Path, name: str, outcome: bool = True) -> Path:
+    df = pd.read_csv(manifest, dtype=str)
+    batch = pd.DataFrame({"ID": df["case_id"], "Image": df["image"], "Mask": df["mask"], "Label": "1"})
+    if outcome:
+        batch["Outcome"] = df["label"]
+    path = manifest.with_name(name)
+    batch.to_csv(path, index=False)
+    return path
+
+
+def test_a_pyradiomics_batch_file_is_a_manifest(study, tmp_path):
+    from radiodeep.cohort import read_manifest
+
+    tmp, cfg, _, new = study
+    batch = pyradiomics_batch(tmp / "cohort" / "manifest.csv", "batch.csv")
+    cohort, problems = read_manifest(batch, positive_label="short", columns={"label": "Outcome"})
+    assert not problems
+    assert cohort.ids[0] == "ct000" and cohort.cases[0].image.name == "ct000.nrrd"
+    assert {c.mask_label for c in cohort.cases} == {1} and "Label" not in cohort.cases[0].covariates
+    assert sorted(set(cohort.labels)) == ["long", "short"]
+    # without an outcome column: the error says that PyRadiomics' Label is the mask label
+    with pytest.raises(ValueError, match="'Label' column is the ROI's label value in the MASK"):
+        read_manifest(batch, positive_label="short")
+    with pytest.raises(ValueError, match="cannot be PyRadiomics' 'Label'"):
+        read_manifest(batch, positive_label="short", columns={"label": "Label"})
+    # a study on it (cohort.columns names the outcome) gives the numbers of the plain manifest
+    path = write_study(tmp, "cohort/batch.csv", experiments=EXPERIMENTS[:1], output="batchrun")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["cohort"]["columns"] = {"label": "Outcome"}
+    data["execution"]["cache_dir"] = "results/cache"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    res = run(load_config(path))
+    a = res.predictions.set_index("case_id")["score"]
+    b = pd.read_csv(cfg.output_dir / "predictions.csv", dtype={"case_id": str})
+    b = b[b.experiment == "hc-su5-nb"].set_index("case_id")["score"]
+    np.testing.assert_array_equal(a.loc[b.index], b)
+    # new cases as a PyRadiomics batch file without any outcome: scored
+    scored = __import__("radiodeep.predict", fromlist=["predict"]).predict(
+        tmp / "batchrun", pyradiomics_batch(new, "batch_new.csv", outcome=False),
+        tmp_path / "p", experiment="hc-su5-nb")
+    assert len(scored.predictions) == 5 and scored.failures.empty

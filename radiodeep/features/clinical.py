@@ -66,6 +66,12 @@ def config_problems(config: Config) -> list[str]:
         return []
     reserved = {"case_id", "image", "mask", "label", "mask_label", "split", "roi_name",
                 *(config.cohort.sequences or [])}
+    from ..cohort import manifest_columns
+
+    try:
+        reserved |= set(manifest_columns(header, config.cohort.columns, path))
+    except ValueError:  # a bad mapping is reported by the cohort checks
+        pass
     problems = [f"cohort.covariates: {c!r} is not a column of {path.name} (columns: {header})"
                 for c in cov if c not in header]
     problems += [f"cohort.covariates: {c!r} is a reserved manifest column, not a covariate"
