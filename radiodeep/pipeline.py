@@ -261,7 +261,11 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
             continue
-        rows.append({"experiment": exp.name, **_describe(exp), **res.metrics})
+        from .paper import brier_score
+
+        brier = (brier_score(res.predictions["y_true"], res.predictions["score"])
+                 if hasattr(pipe, "predict_proba") else float("nan"))  # scores are probabilities
+        rows.append({"experiment": exp.name, **_describe(exp), **res.metrics, "brier": brier})
         preds.append(res.predictions)
         freq = res.selection_frequency
         if freq is not None and len(freq):
@@ -286,7 +290,7 @@ def _metric_columns() -> list[str]:
     from .stats import binary_metrics
 
     demo = binary_metrics(np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.6, 0.4]), np.array([0, 1, 1, 0]))
-    return ["experiment", "routes", "selector", "k", "classifier", *demo]
+    return ["experiment", "routes", "selector", "k", "classifier", *demo, "brier"]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -417,6 +421,9 @@ def _run(config: Config, only: str | None = None) -> RunResult:
         routes = {name: RouteResult(name, read_features(out / rec.features_csv), provenance=rec.provenance)
                   for name, rec in record.routes.items()}
     from .features.weights import random_weight_routes
+    from .paper import cohort_summary
+
+    record.cohort = cohort_summary(cohort, config)  # the report's cohort table
 
     result.random_weights = random_weight_routes({name: res.provenance for name, res in routes.items()})
     result.failures = record.failures_frame()

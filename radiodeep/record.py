@@ -69,6 +69,7 @@ class RunRecord:
     delong: list[dict] = field(default_factory=list)  # pairwise tests (= delong.csv)
     outputs: dict[str, str] = field(default_factory=dict)  # role -> file name in the folder
     models: list[dict] = field(default_factory=list)  # final models saved: experiment, file, sha256
+    cohort: dict = field(default_factory=dict)  # cases per class, exclusions, covariate summaries
     schema: int = SCHEMA
 
     # ------------------------------------------------------------------ persistence
@@ -171,8 +172,12 @@ def write_report(record: RunRecord, out_dir: Path) -> Path:
         "started": record.started,
         "finished": record.finished,
     }
+    from .paper import paper_context
+
+    predictions = table("predictions")
+    paper = paper_context(record, out_dir, predictions, record.metrics_frame())
     return render(out_dir, title=record.name, metrics=record.metrics_frame(),
-                  predictions=table("predictions"), selection=table("selection"),
+                  predictions=predictions, paper=paper, selection=table("selection"),
                   delong=record.delong_frame(), failures=record.failures_frame(),
                   experiment_errors=record.experiment_errors, provenance=provenance,
                   contact_sheet=out_dir / sheet if sheet and (out_dir / sheet).exists() else None,

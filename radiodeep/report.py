@@ -462,6 +462,7 @@ def write_report(out_dir: Path, *, title: str,
                  provenance: dict,
                  contact_sheet: Path | None,
                  positive_label: str | None = None,
+                 paper: dict | None = None,
                  ) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/roc_curves.png``.
 
@@ -533,6 +534,7 @@ def write_report(out_dir: Path, *, title: str,
         "contact_sheet_requested": contact_sheet is not None,
         "provenance": _provenance(provenance),
         "random_weights": _random_weights(provenance),
+        "paper": paper,  # cohort table, calibration, methods paragraph, TRIPOD (radiodeep.paper)
     }
     html = _environment().get_template(TEMPLATE_NAME).render(**context)
     path = out_dir / "report.html"

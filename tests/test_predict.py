@@ -285,3 +285,47 @@ def test_a_pyradiomics_batch_file_is_a_manifest(study, tmp_path):
         tmp / "batchrun", pyradiomics_batch(new, "batch_new.csv", outcome=False),
         tmp_path / "p", experiment="hc-su5-nb")
     assert len(scored.predictions) == 5 and scored.failures.empty
+
+
+# --------------------------------------------------------------------------- paper-ready report
+def test_brier_and_calibration_points_by_hand():
+    from radiodeep.paper import brier_score, calibration_points
+
+    assert brier_score([0, 1], [0.2, 0.6]) == pytest.approx((0.04 + 0.16) / 2)
+    pts = calibration_points([0, 0, 1, 1, 1], [0.1, 0.15, 0.5, 0.9, 0.95], bins=5)
+    assert pts["n"].tolist() == [2, 1, 2]
+    np.testing.assert_allclose(pts["predicted"], [0.125, 0.5, 0.925])
+    np.testing.assert_allclose(pts["observed"], [0.0, 1.0, 1.0])
+
+
+def test_report_has_cohort_table_calibration_methods_and_tripod(study):
+    import struct
+
+    tmp, cfg, _, _ = study
+    out = cfg.output_dir
+    metrics = pd.read_csv(out / "metrics.csv").set_index("experiment")
+    pred = pd.read_csv(out / "predictions.csv", dtype={"case_id": str})
+    nb = pred[pred.experiment == "hc-su5-nb"]
+    assert metrics.loc["hc-su5-nb", "brier"] == pytest.approx(np.mean((nb["score"] - nb["y_true"]) ** 2))
+    assert np.isnan(metrics.loc["hc-relieff4-svm", "brier"])  # a decision function is no probability
+    png = (out / "calibration.png").read_bytes()
+    i = png.index(b"pHYs")
+    assert struct.unpack(">II", png[i + 4:i + 12]) == (11811, 11811)  # 300 dpi
+    assert (out / "calibration.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    record = json.loads((out / "run_record.json").read_text(encoding="utf-8"))
+    assert record["cohort"]["classes"] == {"long": 6, "short": 6}
+    assert [c["name"] for c in record["cohort"]["covariates"]] == ["age"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for text in ("Methods paragraph", "TRIPOD checklist", "symmetric uncertainty ranking keeping the top 5",
+                 "leave-one-out cross-validation", "PyRadiomics 3.1.4", "12 eligible cases",
+                 "Brier score", "age, median (IQR)"):
+        assert text in html, text
+
+
+def test_cohort_table_summarises_clinical_covariates_per_class(clinical_study):
+    _, cfg, _, _ = clinical_study
+    record = json.loads((cfg.output_dir / "run_record.json").read_text(encoding="utf-8"))
+    stage = next(c for c in record["cohort"]["covariates"] if c["name"] == "stage")
+    assert stage["kind"] == "categorical" and stage["overall"] == "I: 4, II: 4, III: 4"
+    html = (cfg.output_dir / "report.html").read_text(encoding="utf-8")
+    assert "Clinical covariates age (numeric), stage (categorical)" in html
