@@ -144,7 +144,9 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
     pos = None if positive_label is None else str(positive_label)
     if len(values) != 2:
         problems.append(f"a binary task needs exactly two label values; found {len(values)}: {values}"
-                        + (f" ({_label_counts(cases, values)})" if len(values) > 2 else ""))
+                        + (f" ({_label_counts(cases, values)})" if len(values) > 2 else "")
+                        + ("; feature extraction alone needs no labels (radiodeep run CONFIG --only extract)"
+                           if len(values) < 2 else ""))
     elif pos is None:
         problems.append(f"cohort.positive_label is not set; name one of the labels {values}")
     elif pos not in values:

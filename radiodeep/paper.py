@@ -179,11 +179,15 @@ def methods_text(record) -> str:
             if sel.get("correlation_threshold") is not None:
                 stxt += f", correlated features (|r| > {sel['correlation_threshold']}) removed"
         clf = e.get("classifier") or {}
-        params = {k: v for k, v in clf.items() if k != "name"}
+        from .experiment import CLASSIFIERS
+
+        spec = CLASSIFIERS.get(clf.get("name"))
+        params = {**(spec.defaults if spec else {}), **{k: v for k, v in clf.items() if k != "name"}}
         exps.append(f"{e['name']} ({'+'.join(e['features'])}; {stxt}; {clf.get('name')}, {_fmt_params(params)})")
     if exps:
         parts.append("Experiments: " + "; ".join(exps) + ". Feature selection and scaling (SVMs, logistic "
-                     "regression) were fitted on the training cases of each fold only.")
+                     "regression) were fitted on the training cases of each fold only; random seed "
+                     f"{(cfg.get('evaluation') or {}).get('seed', 0)}.")
     ev = cfg.get("evaluation") or {}
     scheme = ev.get("scheme", "loo")
     if scheme == "loo":

@@ -69,6 +69,9 @@ def study_config(model: FinalModel, manifest: Path, out: Path):
     data["cohort"] = {**data["cohort"], "manifest": str(Path(manifest).resolve())}
     data["output"] = str(Path(out).resolve())
     data["experiments"] = []
+    cache = data.get("execution", {}).get("cache_dir")
+    if cache is not None and not (model.path.parent / cache).is_dir():  # the study's cache is not here
+        data["execution"] = {**data["execution"], "cache_dir": str(Path(out).resolve() / "cache")}
     return parse_config(data, base_dir=model.path.parent, source=f"{model.path.name} (sidecar)")
 
 

@@ -493,7 +493,7 @@ def write_report(out_dir: Path, *, title: str,
     roc_note = None
     if scheme["repeats"] > 1:
         roc_note = f"out-of-fold scores of all {scheme['repeats']} repeats pooled per experiment"
-    roc_png = plots.roc_figure(curves, note=roc_note)
+    roc_png = plots.roc_figure(curves, note=roc_note, svg_to=out_dir / "roc_curves.svg")
     _write_atomic(out_dir / ROC_PNG, roc_png)
 
     experiments = _experiment_rows(metrics)

@@ -311,7 +311,8 @@ def test_report_has_cohort_table_calibration_methods_and_tripod(study):
     png = (out / "calibration.png").read_bytes()
     i = png.index(b"pHYs")
     assert struct.unpack(">II", png[i + 4:i + 12]) == (11811, 11811)  # 300 dpi
-    assert (out / "calibration.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    for svg in ("calibration.svg", "roc_curves.svg"):  # figures for the paper, beside the report
+        assert (out / svg).read_text(encoding="utf-8").lstrip().startswith("<?xml")
     record = json.loads((out / "run_record.json").read_text(encoding="utf-8"))
     assert record["cohort"]["classes"] == {"long": 6, "short": 6}
     assert [c["name"] for c in record["cohort"]["covariates"]] == ["age"]
