@@ -113,7 +113,6 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
         old.unlink()
     saved = []
     study = config.resolved_dict(folder)
-    study["execution"]["cache_dir"] = _rel(config.cache_dir, folder)  # predict reuses the route caches
     for exp in final_experiments(config):
         if exp.name in skip:
             continue
@@ -148,15 +147,6 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
         log.info("final model %s: fitted on %d cases, saved to %s", exp.name, len(ids), entry["file"])
         saved.append(entry)
     return saved
-
-
-def _rel(path: Path, folder: Path) -> str:
-    import os
-
-    try:
-        return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
-    except ValueError:  # another drive
-        return str(Path(path).resolve())
 
 
 def save_model(pipeline, path: Path, meta: dict) -> dict:

@@ -11,8 +11,10 @@ package versions:
 2. the new manifest is read without labels (a ``label`` column, if any, is ignored) and every
    case is checked as ``radiodeep validate`` does; cases that fail there or in a route are listed
    in ``failures_new.csv`` and the page, the others are scored;
-3. the routes extract the features (the study's cache is reused: a case already extracted with
-   the same settings is not recomputed);
+3. the routes extract the features with the study's settings into the output folder's own route
+   cache (``OUT/cache``: scoring again computes nothing already computed). Not the study's
+   cache: a new cohort's case ids often repeat the study's (``patient001``), and its entries
+   would replace the study's;
 4. each model scores every case with features in all of its routes: ``predictions_new.csv``
    (case, experiment, score, predicted label, threshold used, score kind) and
    ``predictions_new.html``. The threshold is the model's (the evaluation's fixed cut; see
@@ -69,9 +71,9 @@ def study_config(model: FinalModel, manifest: Path, out: Path):
     data["cohort"] = {**data["cohort"], "manifest": str(Path(manifest).resolve())}
     data["output"] = str(Path(out).resolve())
     data["experiments"] = []
-    cache = data.get("execution", {}).get("cache_dir")
-    if cache is not None and not (model.path.parent / cache).is_dir():  # the study's cache is not here
-        data["execution"] = {**data["execution"], "cache_dir": str(Path(out).resolve() / "cache")}
+    # its own route cache, never the study's: new cohorts often reuse the study's case ids
+    # (patient001, ...), and their entries would replace the study's
+    data["execution"] = {**data.get("execution", {}), "cache_dir": str(Path(out).resolve() / "cache")}
     return parse_config(data, base_dir=model.path.parent, source=f"{model.path.name} (sidecar)")
 
 
