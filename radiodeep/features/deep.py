@@ -50,7 +50,6 @@ from .backbones import (
     normalisation_affine,
     normalisation_provenance,
     resolve_layer,
-    resolve_weights,
     weights_identity,
     weights_provenance,
     WeightsSource,
