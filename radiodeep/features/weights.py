@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
+# torch is imported where it is used: a handcrafted-only run reads this module (random-weights
+# warning) and must not load torch for it
 
 __all__ = [
     "KnownWeights",
@@ -133,6 +134,8 @@ class KnownWeights:
 
 def hub_checkpoint_dir() -> Path:
     """The torch hub cache (``torch.hub.get_dir()/checkpoints``; ``TORCH_HOME`` moves it)."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -169,6 +172,7 @@ CNN_F = KnownWeights("cnn_f", "imagenet-vgg-f.mat", None, None,
 
 @functools.lru_cache(maxsize=1)
 def _registry() -> dict[str, KnownWeights]:
+    import torch
     from torchvision.models import get_model_weights
 
     out = {w.name: w for w in _PACKAGED}
@@ -266,6 +270,8 @@ def fetch(name: str, *, progress: bool = True, folder: Path | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / w.file
     part = dst.with_name(dst.name + ".part")
+    import torch
+
     try:
         torch.hub.download_url_to_file(w.url, str(part), hash_prefix=None, progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as err:
