@@ -43,8 +43,9 @@ def text_io_without_encoding(source: str) -> list[int]:
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
         if name in ("read_text", "write_text"):
             lines.append(node.lineno)
-        elif name in ("open", "fdopen") and owner not in ("Image", "tarfile", "zipfile") \
-                and not (owner == "os" and name == "open"):  # os.open: flags and a file descriptor, no text
+        elif name == "open" and owner == "os":
+            continue  # os.open returns a file descriptor: bytes, no text decoding
+        elif name in ("open", "fdopen") and owner not in ("Image", "tarfile", "zipfile"):
             # builtin open(path, mode) / os.fdopen(fd, mode); Path.open(mode)
             position = 1 if owner in (None, "os", "io") else 0
             mode = _mode(node, position)

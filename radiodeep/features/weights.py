@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-# torch is imported where it is used: a handcrafted-only run reads this module (random-weights
-# warning) and must not load torch for it
 
 __all__ = [
     "KnownWeights",
@@ -173,6 +171,7 @@ CNN_F = KnownWeights("cnn_f", "imagenet-vgg-f.mat", None, None,
 @functools.lru_cache(maxsize=1)
 def _registry() -> dict[str, KnownWeights]:
     import torch
+
     from torchvision.models import get_model_weights
 
     out = {w.name: w for w in _PACKAGED}
@@ -258,6 +257,8 @@ def fetch(name: str, *, progress: bool = True, folder: Path | None = None) -> Pa
     A file already there (and intact) is not downloaded again. Offline, or for a file that
     only comes with a package, :class:`DownloadError` says so in one line.
     """
+    import torch
+
     w = get_known(name)
     found = w.find()
     if found is not None:
@@ -270,8 +271,6 @@ def fetch(name: str, *, progress: bool = True, folder: Path | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / w.file
     part = dst.with_name(dst.name + ".part")
-    import torch
-
     try:
         torch.hub.download_url_to_file(w.url, str(part), hash_prefix=None, progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as err:
