@@ -90,6 +90,8 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     cohort = report.cohort
     for note in report.notes:
         log.info("%s", note)
+    for warning in report.warnings:
+        log.warning("%s", warning)
     if report.failures:
         listing = "\n".join(f"  - case {f.case_id}: {f.reason}" for f in report.failures)
         if config.cohort.on_invalid == "error":
@@ -160,7 +162,9 @@ def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = F
         t0 = time.perf_counter()
         log.info("extracting %s features for %d cases", name, len(cohort))
         route = get_route(name)
-        res = route.extract(cohort, route.settings_from_config(config), context)
+        settings = route.settings_from_config(config)
+        res = route.extract(cohort, settings, context)
+        res.provenance["settings_key"] = settings.cache_key()  # run_record.json keeps it
         for f in res.failures:
             log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
         log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
@@ -171,36 +175,22 @@ def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = F
 
 def route_settings_key(name: str, config: Config) -> str:
     """The settings (cache) key the config gives route ``name``: what its features depend on."""
-    try:
-        from .features.routes import get_route  # the routes' one interface, where present
-    except ImportError:
-        get_route = None
-    if get_route is not None:
-        route = get_route(name)
-        return route.settings_from_config(config).cache_key()
-    from .config import settings_hash
+    from .features.routes import get_route
 
-    if name == "handcrafted":
-        from .features.handcrafted import _store_settings, handcrafted_settings
-
-        hc = config.features.handcrafted
-        settings = _store_settings(handcrafted_settings(hc, config.base_dir), hc.mode, config)
-    else:
-        from .features.deep import deep_settings
-
-        settings = deep_settings(config)
-    return settings_hash(json.loads(json.dumps(settings, default=str)))
+    return get_route(name).settings_from_config(config).cache_key()
 
 
 def _read_exported(config: Config, record) -> dict[str, RouteResult]:
     """The exported feature tables, exactly as the extraction wrote them, after checking that
     they were made with the settings the config gives now."""
+    from .features.routes import configured_routes
+    from .record import file_sha256
+
     out = config.output_dir
     results = {}
     problems = []
-    for route in ROUTES:
-        if getattr(config.features, route) is None:
-            continue
+
+    for route in configured_routes(config):
         rec = record.routes.get(route)
         if rec is None:
             problems.append(f"no {route} features were extracted in {out} (run_record.json)")
@@ -208,6 +198,10 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
         p = out / rec.features_csv
         if not p.exists():
             problems.append(f"{p} is missing")
+            continue
+        if rec.sha256 and file_sha256(p) != rec.sha256:
+            problems.append(f"{p.name} changed since it was extracted (its SHA-256 is not the one in "
+                            f"run_record.json)")
             continue
         key = route_settings_key(route, config)
         if key != rec.settings_key:
@@ -219,10 +213,6 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
         raise RunError("--only evaluate cannot use the exported features; run 'radiodeep run CONFIG' "
                        "(or --only extract) first:\n" + "\n".join(f"  - {m}" for m in problems))
     return results
-
-
-def _failures_frame(failures: list[CaseFailure]) -> pd.DataFrame:
-    return pd.DataFrame([f.to_dict() for f in failures], columns=["case_id", "stage", "reason"])
 
 
 def _describe(exp) -> dict:
@@ -299,7 +289,10 @@ def _metric_columns() -> list[str]:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable), encoding="utf-8")
+    from .record import _clean  # NaN -> null: strict JSON
+
+    path.write_text(json.dumps(_clean(json.loads(json.dumps(obj, default=_jsonable))), indent=2,
+                               sort_keys=True, allow_nan=False), encoding="utf-8")
 
 
 def _jsonable(v):
@@ -366,7 +359,7 @@ def exit_code(result: RunResult, config: Config) -> int:
 
 
 def _run(config: Config, only: str | None = None) -> RunResult:
-    from .record import RouteRecord, RunRecord, write_table
+    from .record import RouteRecord, RunRecord, file_sha256, write_table
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
@@ -402,9 +395,9 @@ def _run(config: Config, only: str | None = None) -> RunResult:
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
             prov = shareable(prov, config.base_dir)  # provenance may be shared: no path of this machine
             csv = export_csv(res.features, out / f"features_{name}.csv", prov)
-            record.routes[name] = RouteRecord(name, route_settings_key(name, config), csv.name,
+            record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
-                                              _plain(prov))
+                                              _plain(prov), sha256=file_sha256(csv))
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
@@ -465,7 +458,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
 
     from .record import write_report
 
-    result.report = write_report(record, out)
+    result.report = write_report(RunRecord.load(out), out)  # from what was persisted, nothing else
     return result
 
 
