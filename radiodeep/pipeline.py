@@ -60,7 +60,8 @@ class RunResult:
         if not self.failures.empty:
             lines.append(f"{len(self.failures)} case problem(s): see {self.output_dir / 'failures.csv'}")
         for route, df in self.features.items():
-            lines.append(f"features_{route}.csv: {df.shape[0]} cases x {df.shape[1]} features")
+            lines.append(f"features_{route}.{'npz' if route == 'image' else 'csv'}: {df.shape[0]} cases x "
+                         f"{df.shape[1]} features")
         if self.report is not None:
             lines.append(f"report: {self.report}")
         lines.append(f"outputs in: {self.output_dir}")

@@ -57,8 +57,7 @@ def build_learned(exp, config, X: pd.DataFrame | None = None) -> Pipeline:
     cnn = _cnn(exp, config, X)
     if exp.classifier.name == "cnn_finetune":
         return Pipeline([("clf", cnn)])
-    from ..models import build_classifier
-    from ..selection import build_selector
+    from ..experiment import build_classifier, build_selector
     from .features import FineTunedFeatures
 
     c = exp.classifier

@@ -172,8 +172,8 @@ def export_tensors(df: pd.DataFrame, path: Path | str, provenance: dict) -> Path
     """Write the image table as ``.npz`` (float32 rows, case ids) and its provenance beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_npz(path, values=df.to_numpy(dtype=np.float32), case_id=np.asarray(df.index.astype(str)),
-                columns=np.asarray(df.columns.astype(str)))
+    _atomic_npz(path, values=df.to_numpy(dtype=np.float32), case_id=np.array([str(c) for c in df.index], dtype=str),
+                columns=np.array([str(c) for c in df.columns], dtype=str))
     prov = {**provenance, "n_cases": int(df.shape[0]), "n_features": int(df.shape[1])}
     path.with_suffix(".provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str),
                                                     encoding="utf-8")
