@@ -1,4 +1,4 @@
-"""The ``radiodeep`` command line: run, demo, validate, synth.
+"""The ``radiodeep`` command line: run, demo, validate, synth (weights, extract-deep: :mod:`radiodeep.cli_deep`).
 
 Only this module configures logging handlers and progress bars; the library
 itself logs through ``logging.getLogger(__name__)`` and never adds handlers.
@@ -175,6 +175,8 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_deep import add_commands, add_download_option
+
     p = argparse.ArgumentParser(
         prog="radiodeep",
         description="Handcrafted (PyRadiomics) and deep (ImageNet CNN) radiomics features, "
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", choices=["extract", "evaluate"], default=None,
                    help="run only feature extraction, or only the experiments (on cached features)")
     r.add_argument("--output", type=Path, default=None, help="override the config's output folder")
+    add_download_option(r)
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("demo", parents=[common],
@@ -199,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default="demo", help="folder for the demo cohort and results (default: ./demo)")
     d.add_argument("--cases", type=int, default=40, help="phantom cases (default 40, as published)")
     d.add_argument("--quick", action="store_true", help="smaller settings for a fast smoke run")
+    add_download_option(d)
     d.set_defaults(func=_cmd_demo)
 
     v = sub.add_parser("validate", parents=[common], help="check a config and its cohort, compute nothing")
@@ -213,12 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=["ct", "mr"], default="ct")
     s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
     s.set_defaults(func=_cmd_synth)
+    add_commands(sub, common)  # weights, extract-deep
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("validate", "synth"):
+    from .cli_deep import apply_download_option
+
+    apply_download_option(args)  # --allow-download
+    if args.command in ("validate", "synth", "weights", "extract-deep"):
         _setup_logging(args.verbose)
     try:
         return args.func(args)
