@@ -124,9 +124,9 @@ def check_learned(config) -> list[str]:
         except ValueError as err:
             problems.append(f"{where}.backbone: {err}")
             continue
-        if spec.family != "torchvision":
-            problems.append(f"{where}.backbone: {c.backbone} ({spec.family}) cannot be fine-tuned here; "
-                            "use a torchvision backbone")
+        if spec.family == "matconvnet":
+            problems.append(f"{where}.backbone: {c.backbone} is read from a MatConvNet file and cannot be "
+                            "fine-tuned here; use a torchvision or timm backbone (alexnet is its closest relative)")
             continue
         if config.roi.size < spec.min_size:
             problems.append(f"roi.size: {config.roi.size} is too small for {c.backbone} (at least {spec.min_size} pixels)")
