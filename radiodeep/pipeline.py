@@ -274,9 +274,10 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
                 pipe = build_learned(exp, config, X)
             else:
                 pipe = build_pipeline(exp, routes, config.evaluation.seed)
+            ex = config.execution
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
                            split=None if split is None else split.loc[ids], progress=progress,
-                           n_jobs=config.execution.n_jobs)
+                           n_jobs=ex.n_jobs, dask_address=ex.address if ex.backend == "dask" else None)
         except Exception as err:  # noqa: BLE001 - one experiment fails alone
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
