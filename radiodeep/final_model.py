@@ -116,6 +116,10 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
     for exp in final_experiments(config):
         if exp.name in skip:
             continue
+        if "image" in exp.features:  # a network trained on the ROI (radiodeep/learned)
+            log.warning("final model of experiment %s not saved: final models of learned (image) "
+                        "experiments are not supported yet", exp.name)
+            continue
         try:
             routes = {r: list(tables[r].columns) for r in exp.features}
             X = pd.concat([tables[r] for r in exp.features], axis=1, join="inner")
