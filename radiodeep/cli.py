@@ -110,6 +110,19 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_describe_model(args) -> int:
+    from .learned.architectures import ArchitectureError
+    from .learned.summary import describe_model
+
+    try:
+        summary = describe_model(args.name, channels=args.channels, size=args.size, n_outputs=args.outputs)
+    except ArchitectureError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="radiodeep",
@@ -148,12 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=["ct", "mr"], default="ct")
     s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
     s.set_defaults(func=_cmd_synth)
+
+    m = sub.add_parser("describe-model", parents=[common],
+                       help="layer table and parameter count of a CNN (usf1, usf2, usf3 or package.module:Class)")
+    m.add_argument("name", help="usf1 | usf2 | usf3 | package.module:Class")
+    m.add_argument("--channels", type=int, default=2, help="input channels (default 2)")
+    m.add_argument("--size", type=int, default=100, help="input side in pixels (default 100)")
+    m.add_argument("--outputs", type=int, choices=[1, 2], default=1, help="1 logit (sigmoid) or 2 (softmax)")
+    m.set_defaults(func=_cmd_describe_model)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("validate", "synth"):
+    if args.command in ("validate", "synth", "describe-model"):
         _setup_logging(args.verbose)
     try:
         return args.func(args)

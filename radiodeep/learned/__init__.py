@@ -1,0 +1,1 @@
+"""Networks that learn from the cohort, fitted inside each evaluation fold."""
