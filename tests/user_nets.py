@@ -28,3 +28,16 @@ class Fixed(nn.Module):
 
     def forward(self, x):
         return self.fc(self.flat(x))
+
+
+class Exploding(nn.Module):
+    """Logits scaled past float32's range: the training loss is not finite at the first step."""
+
+    def __init__(self, in_channels: int = 2, size: int = 16):
+        super().__init__()
+        self.input_size = size
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(in_channels * size * size, 1)
+
+    def forward(self, x):
+        return self.fc(self.flat(x)) * 1e30 * 1e30
