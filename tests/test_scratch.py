@@ -141,3 +141,24 @@ def test_scratch_classifier_defaults_and_flat_rows():
     p = est.predict_proba(flat)
     assert p.shape == (8, 2) and np.allclose(p.sum(1), 1)
     assert est.get_params()["optimizer"] == "adam"
+
+
+def test_early_stopping_on_a_stratified_seeded_inner_split():
+    X, y = _images(n=20, side=16, seed=2)
+    y = np.random.default_rng(0).permutation(y)  # noise labels: validation loss stops improving
+    params = dict(FAST, epochs=25, train_split=0.3, early_stopping=2, lr=1e-2,
+                  augment={"mode": "circle", "rotate_deg": 90, "flip": ["horizontal"]})
+    est = scratch_classifier("usf1", 2, 16, seed=1, **params).fit(X, y)
+    inner = est.inner_split_
+    assert len(inner["valid"]) == 6 and not set(inner["valid"]) & set(inner["train"])
+    assert sorted(np.bincount(y[inner["valid"]])) == [3, 3]  # stratified
+    assert est.n_training_images_ == 14 * 8  # only the inner-training cases are augmented
+    epochs = len(est.net_.history)
+    assert 3 <= epochs < 25  # stopped early
+    assert est.net_.history[-1, "valid_loss"] >= min(est.net_.history[:, "valid_loss"])
+    again = scratch_classifier("usf1", 2, 16, seed=1, **params).fit(X, y)
+    assert again.inner_split_ == inner and len(again.net_.history) == epochs
+    other = scratch_classifier("usf1", 2, 16, seed=2, **params).fit(X, y)
+    assert other.inner_split_ != inner
+    with pytest.raises(ValueError, match="early_stopping needs an inner validation split"):
+        scratch_classifier("usf1", 2, 16, early_stopping=2, **FAST).fit(X, y)
