@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ import pandas as pd
 import yaml
 
 from .config import Config
+from .learned.schema import is_learned as _is_learned
 from .errors import CaseFailure
 from .features.store import RouteResult, export_csv
 from .provenance import environment
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RunError", "RunResult", "run", "extract_routes", "evaluate_experiments"]
 
-ROUTES = ("handcrafted", "deep")
+ROUTES = ("handcrafted", "deep", "image")  # image: the learned route (radiodeep/learned)
 
 
 class RunError(RuntimeError):
@@ -102,6 +104,10 @@ def _extractor(route: str):
         from .features.handcrafted import extract_handcrafted
 
         return extract_handcrafted
+    if route == "image":  # learned route: the ROI tensors themselves, cached, never exported as CSV
+        from .learned.route import extract_image
+
+        return extract_image
     from .features.deep import extract_deep
 
     return extract_deep
@@ -131,7 +137,7 @@ def _read_exported(config: Config) -> dict[str, RouteResult]:
     out = config.output_dir
     results = {}
     for route in ROUTES:
-        if getattr(config.features, route) is None:
+        if getattr(config.features, route) is None or route == "image":  # image: re-read from its cache
             continue
         p = out / f"features_{route}.csv"
         if not p.exists():
@@ -181,7 +187,16 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
                          exp.name, len(missing))
             if yy.nunique() < 2:
                 raise ValueError("fewer than two classes among the cases with features")
-            pipe = build_pipeline(exp, routes, config.evaluation.seed)
+            if _is_learned(exp):  # learned route (radiodeep/learned): a network trained in every fold
+                from .learned.build import build_learned, cost_estimate
+
+                cost = cost_estimate(exp, config, yy, None if split is None else split.loc[ids])
+                log.info("%s", cost["text"])
+                if progress:
+                    print(cost["text"], file=sys.stderr, flush=True)
+                pipe = build_learned(exp, config, X)
+            else:
+                pipe = build_pipeline(exp, routes, config.evaluation.seed)
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
                            split=None if split is None else split.loc[ids], progress=progress,
                            n_jobs=config.execution.n_jobs)
@@ -257,12 +272,18 @@ def run(config: Config, only: str | None = None) -> RunResult:
     contact_sheet = out / "crops_contact_sheet.png"
     if only == "evaluate":
         routes = _read_exported(config)
+        if config.features.image is not None:  # learned route: the ROI tensors, from their cache
+            routes.update(extract_routes(cohort, config.model_copy(update={"features": config.features.model_copy(
+                update={"handcrafted": None, "deep": None})}), progress=progress))
     else:
         qc: list = []
         routes = extract_routes(cohort, config, progress=progress, qc=qc)
         for name, res in routes.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
+            if name == "image":  # learned route: tensors stay in the cache (a row is 3 x size x size values)
+                _write_json(out / "features_image.provenance.json", prov)
+                continue
             export_csv(res.features, out / f"features_{name}.csv", prov)
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:

@@ -69,11 +69,14 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
 def check_routes(config: Config) -> list[str]:
     """Problems of the feature routes' settings that show before any case is read
     (for the deep route: backbone, layer, input size, device, weights on this machine)."""
+    from .learned.build import check_learned  # learned route: backbone, weights, layer of each experiment
+
+    learned = check_learned(config)
     if config.features.deep is None:
-        return []
+        return learned
     from .features.deep import check_deep_config  # imports torch: only when the route is used
 
-    return check_deep_config(config)
+    return check_deep_config(config) + learned
 
 
 def check_output_writable(path: Path) -> str | None:
