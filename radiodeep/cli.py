@@ -67,6 +67,14 @@ def _cmd_validate(args) -> int:
 def _cmd_synth(args) -> int:
     from .synth import make_cohort
 
+    if args.pair:  # two cohorts acquired differently, for external validation
+        from .synth import make_cohort_pair
+
+        manifest = make_cohort_pair(args.out, n_train=args.cases, n_test=args.cases, seed=args.seed,
+                                    modality=args.modality)
+        print(f"wrote two phantom {args.modality.upper()} cohorts of {args.cases} cases (split: train = "
+              f"cohort 1, test = cohort 2, acquired differently): {manifest}")
+        return 0
     manifest = make_cohort(args.out, n_cases=args.cases, seed=args.seed, modality=args.modality,
                            split=args.split)
     print(f"wrote {args.cases} phantom {args.modality.upper()} cases: {manifest}")
@@ -160,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--modality", choices=["ct", "mr"], default="ct")
     s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
+    s.add_argument("--pair", action="store_true",
+                   help="two cohorts of --cases each, scanned differently (noise, kernel, spacing): "
+                        "split train = cohort 1, test = cohort 2")
     s.set_defaults(func=_cmd_synth)
 
     m = sub.add_parser("describe-model", parents=[common],

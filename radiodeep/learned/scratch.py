@@ -88,17 +88,22 @@ class ScratchNet(nn.Module):
     """An architecture of the registry for :class:`CNNClassifier` (see the module docstring)."""
 
     def __init__(self, architecture: str = "usf1", in_channels: int = 2, input_size: int = 100,
-                 n_classes: int = 2):
+                 n_classes: int = 2, channels: list[int] | None = None):
         super().__init__()
         if n_classes != 2:
             raise ArchitectureError(f"cnn_scratch and cnn_ensemble classify two classes, got {n_classes}")
         self.architecture, self.input_size = architecture, int(input_size)
+        self.channels = None if channels is None else [int(c) for c in channels]
+        if self.channels is not None:
+            in_channels = len(self.channels)
         self.net = build_architecture(architecture, in_channels=in_channels, size=self.input_size, n_outputs=1)
         for name, decay in dict(getattr(self.net, "weight_decay", {}) or {}).items():
             p = self.net.get_parameter(name)
             p.register_hook(_L2Grad(p, decay))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None:
+            x = x[:, self.channels]
         z = self.net(_cut(x, self.input_size))
         if z.shape[1] == 1:  # one sigmoid output -> the two logits [0, z]
             return torch.cat([torch.zeros_like(z), z], dim=1)
@@ -123,13 +128,15 @@ def check_scratch_input(architecture: str, channels: int, roi_size: int, input_s
     return size
 
 
-def scratch_classifier(architecture: str, channels: int, input_size: int, seed: int = 0,
-                       **params) -> CNNClassifier:
-    """One network trained from scratch: a :class:`CNNClassifier` around :class:`ScratchNet`."""
+def scratch_classifier(architecture: str, in_channels: int, input_size: int, seed: int = 0,
+                       channels: list[int] | None = None, **params) -> CNNClassifier:
+    """One network trained from scratch: a :class:`CNNClassifier` around :class:`ScratchNet`
+    (``channels``: the input tensor's channels it takes, None: all ``in_channels``)."""
     kw = {**MEMBER_DEFAULTS, **params}
-    return CNNClassifier(module=ScratchNet, module_params={"architecture": architecture, "in_channels": int(channels),
-                                                           "input_size": int(input_size)},
-                         seed=int(seed), **kw)
+    mp = {"architecture": architecture, "in_channels": int(in_channels), "input_size": int(input_size)}
+    if channels is not None:
+        mp["channels"] = [int(c) for c in channels]
+    return CNNClassifier(module=ScratchNet, module_params=mp, seed=int(seed), **kw)
 
 
 def combine_scores(P: np.ndarray, how: str) -> np.ndarray:
@@ -231,12 +238,13 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
             raise ValueError(f"images must be square, got {H}×{W}")
         self.members_, self.members_failed_, self.member_names_ = {}, {}, []
         for name, arch, s, over in specs:
-            size = check_scratch_input(arch, C, H, self.input_size)
             params = {**dict(self.member_params or {}), **over}
+            sel = params.pop("channels", None)
+            size = check_scratch_input(arch, len(sel) if sel else C, H, self.input_size)
             if self.input_shape is not None:
                 params["input_shape"] = tuple(int(v) for v in self.input_shape)
             params.setdefault("audit_ids", self.audit_ids)
-            est = scratch_classifier(arch, C, size, seed=s, **params)
+            est = scratch_classifier(arch, C, size, seed=s, channels=sel, **params)
             try:
                 est.fit(X, y)
             except TrainingDiverged as err:
@@ -345,3 +353,150 @@ def member_predictions(record_dir: Path | str, name: str, predictions: pd.DataFr
                                       "experiment": label}))
     out = pd.concat(rows, ignore_index=True) if rows else predictions.iloc[:0].copy()
     return out, {"members_used": used, "members_failed": {k: sorted(set(v)) for k, v in failed.items()}}
+
+
+# --------------------------------------------------------------------------- from the config
+def _member_params(c, config, X) -> tuple[dict, tuple[int, int, int]]:
+    from .audit import tensor_hash
+    from .route import input_shape
+
+    shape = input_shape(config)
+    ids = None
+    if X is not None:  # hash -> case id: the audit and the member records name the cases
+        vals = X.to_numpy(dtype=np.float32)
+        ids = {tensor_hash(v.reshape(shape)): str(cid) for v, cid in zip(vals, X.index)}
+    params = {"epochs": c.epochs, "lr": c.lr, "optimizer": c.optimizer, "momentum": c.momentum,
+              "lr_schedule": None if c.lr_schedule is None else (c.lr_schedule.step, c.lr_schedule.gamma),
+              "batch_size": c.batch_size, "augment": None if c.augment is None else c.augment.model_dump(mode="json"),
+              "device": c.device, "threads": c.threads, "train_split": c.train_split,
+              "early_stopping": c.early_stopping, "input_shape": shape, "audit_ids": ids,
+              "progress": bool(config.execution.progress)}
+    if c.channels is not None:
+        params["channels"] = list(c.channels)
+    return params, shape
+
+
+def build_scratch(exp, config, X=None):
+    """The ``Pipeline`` of a ``cnn_scratch`` or ``cnn_ensemble`` experiment."""
+    from sklearn.pipeline import Pipeline
+
+    c = exp.classifier
+    seed = int(config.evaluation.seed if c.seed is None else c.seed)
+    params, shape = _member_params(c, config, X)
+    audit = {"audit_dir": str(config.output_dir / "audit"), "audit_name": exp.name}
+    if c.name == "cnn_scratch":
+        sel = params.pop("channels", None)
+        size = check_scratch_input(c.architecture, len(sel) if sel else shape[0], shape[1], c.input_size)
+        return Pipeline([("clf", scratch_classifier(c.architecture, shape[0], size, seed=seed, channels=sel,
+                                                    **params, **audit))])
+    ids = params.pop("audit_ids")
+    params.pop("input_shape")
+    return Pipeline([("clf", CNNEnsemble(
+        architectures=list(c.architectures), seeds=c.seeds, combine=c.combine, input_size=c.input_size,
+        input_shape=shape, member_params={**params, **audit}, seed=seed,
+        record_dir=str(config.output_dir / "ensembles"), record_name=exp.name, audit_ids=ids))])
+
+
+def scratch_problems(exp, config, where: str) -> list[str]:
+    """Settings problems of a scratch/ensemble experiment, before any case is read."""
+    c = exp.classifier
+    archs = [c.architecture] if c.name == "cnn_scratch" else [
+        a.get("name", "") if isinstance(a, dict) else a for a in c.architectures]
+    n_in = len(c.channels) if c.channels else 3
+    problems = []
+    for a in dict.fromkeys(archs):
+        try:
+            check_scratch_input(a, n_in, config.roi.size, c.input_size)
+        except ArchitectureError as err:
+            problems.append(f"{where}: {err}")
+    if c.name == "cnn_ensemble":
+        try:
+            CNNEnsemble(architectures=list(c.architectures), seeds=c.seeds, combine=c.combine,
+                        seed=0)._combines()
+            CNNEnsemble(architectures=list(c.architectures), seeds=c.seeds).member_specs()
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+    size = c.input_size or config.roi.size
+    aug = c.augment
+    if aug is not None and aug.rotate_deg and config.roi.size < int(np.ceil(size * np.sqrt(2))) \
+            and aug.mode in ("circle", "circle_random"):
+        log.info("%s: roi.size %d is smaller than ceil(%d·√2): rotated crops have padded corners inside the "
+                 "network's view; set roi.size: %d (and input_size: %d) to avoid it", where, config.roi.size,
+                 size, int(np.ceil(size * np.sqrt(2))), size)
+    return problems
+
+
+# --------------------------------------------------------------------------- the report's rows
+def record_folder(config, name: str) -> Path:
+    return Path(config.output_dir) / "ensembles" / name
+
+
+def clear_record(config, name: str) -> None:
+    """Remove a previous run's member records of experiment ``name`` (before it is evaluated)."""
+    import shutil
+
+    shutil.rmtree(record_folder(config, name), ignore_errors=True)
+
+
+def ensemble_rows(config, exp, predictions: pd.DataFrame, describe: dict) -> tuple[list[dict], pd.DataFrame, dict]:
+    """Metrics rows and predictions of every member and extra combination of an ensemble
+    experiment, with a summary (members used/failed, DeLong ensemble vs each member, seed spread)
+    written to ``ensembles/<name>/summary.json``."""
+    from ..evaluation import _summarise
+    from ..stats import delong_test
+
+    name = exp.name
+    c = exp.classifier
+    combines = list(COMBINES) if c.combine == "all" else _as_list(c.combine)
+    extra, info = member_predictions(Path(config.output_dir) / "ensembles", name, predictions)
+    extra = extra[extra.experiment != f"{name}[{combines[0]}]"]  # that one is the experiment itself
+    ev = config.evaluation
+    rows = []
+    for label, part in extra.groupby("experiment", sort=False):
+        kind = "combine " + label[len(name):].strip("[]") if label.startswith(name + "[") else "member"
+        rows.append({"experiment": label, **describe, "classifier": f"cnn_ensemble {kind}",
+                     **_summarise(part.reset_index(drop=True), ev.scheme, ev.ci_level)})
+    ens = predictions.groupby("case_id")["score"].mean()
+    truth = predictions.groupby("case_id")["y_true"].first()
+    tests, aucs = [], {}
+    for label, part in extra.groupby("experiment", sort=False):
+        s = part.groupby("case_id")["score"].mean().reindex(ens.index)
+        if label.startswith(name + "/"):
+            aucs[label[len(name) + 1:]] = None
+        if s.isna().any() or truth.nunique() < 2 or len(ens) < 3:
+            continue
+        r = delong_test(truth.to_numpy(), ens.to_numpy(), s.to_numpy())
+        if label.startswith(name + "/"):
+            aucs[label[len(name) + 1:]] = r["auc_b"]
+        tests.append({"ensemble": f"{name} ({combines[0]})", "versus": label, **{k: float(v) for k, v in r.items()}})
+    spread = {}
+    for member, auc in aucs.items():
+        arch = member.rsplit("-s", 1)[0]
+        if auc is not None:
+            spread.setdefault(arch, []).append(auc)
+    notes = []
+    for arch, vals in spread.items():
+        if len(vals) > 1:
+            notes.append(f"{arch}: AUC {min(vals):.3f} to {max(vals):.3f} over {len(vals)} seeds "
+                         f"(SD {np.std(vals, ddof=1):.3f})")
+    if not notes:
+        notes.append("one seed per architecture: the seed spread is not measured (seeds: 2 or more measures it); "
+                     "differences between single networks may be within it")
+    else:
+        notes.append("differences between members smaller than their seed spread are not differences "
+                     "between architectures")
+    failed = info["members_failed"]
+    summary = {
+        "combine": combines[0], "combinations_reported": combines,
+        "members_used": info["members_used"],
+        "members_failed": failed,
+        "delong_ensemble_vs": tests,
+        "seed_spread": "; ".join(notes),
+    }
+    if failed:
+        log.warning("ensemble %s: member(s) %s failed in some folds and were left out there: %s", name,
+                    sorted(failed), failed)
+    folder = record_folder(config, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return rows, extra.reset_index(drop=True), summary
