@@ -84,3 +84,12 @@ def test_acquisition_options_change_the_scan_not_the_defaults(tmp_path):
     assert df.case_id.is_unique and df.case_id.str[:3].tolist() == ["c1_"] * 4 + ["c2_"] * 4
     assert all((manifest.parent / p).is_file() for p in df.image)
     assert sorted(df.query("split == 'test'").label) == ["long", "long", "short", "short"]
+
+
+def test_synth_pair_command(tmp_path, capsys):
+    from radiodeep.cli import main
+
+    assert main(["synth", str(tmp_path / "p"), "--pair", "--cases", "2", "--seed", "1"]) == 0
+    assert "split: train = cohort 1" in capsys.readouterr().out
+    df = pd.read_csv(tmp_path / "p" / "manifest.csv")
+    assert list(df.split) == ["train", "train", "test", "test"]
