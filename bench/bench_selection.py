@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn.base import clone  # noqa: E402
 
 from radiodeep.config import EvaluationConfig, ExperimentConfig  # noqa: E402
-from radiodeep.evaluation import build_pipeline, evaluate  # noqa: E402
+from radiodeep.evaluation import evaluate  # noqa: E402
+from radiodeep.experiment import build_pipeline  # noqa: E402
 from radiodeep.selection import ReliefF, SymmetricUncertainty  # noqa: E402
 
 N_CASES, N_DEEP, N_HAND = 200, 4096, 1000

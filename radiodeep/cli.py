@@ -7,16 +7,21 @@ itself logs through ``logging.getLogger(__name__)`` and never adds handlers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import ExitCode, Terminated
 
 log = logging.getLogger("radiodeep")
 
 
 def _setup_logging(verbosity: int, logfile: Path | None = None) -> None:
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks
     root = logging.getLogger("radiodeep")
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
@@ -81,41 +86,100 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (schedulers, ``timeout``, ``docker stop``) stops a run as Ctrl-C does."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _locked_run(out: Path, verbosity: int, work) -> tuple[int, object]:
+    """Check and lock the output folder, log to it, run ``work()``; (exit code, result)."""
+    from .errors import os_fault
+    from .outdir import OutputLock, OutputLocked, check_writable
+    from .pipeline import RunError
+
+    reason = check_writable(out)
+    if reason:
+        print(reason, file=sys.stderr)
+        return ExitCode.STOPPED, None
+    lock = OutputLock(out)
+    try:
+        lock.acquire()
+    except OutputLocked as err:  # before logging: the log file is the other run's
+        print(err, file=sys.stderr)
+        return ExitCode.STOPPED, None
+    try:
+        try:
+            _setup_logging(verbosity, out / "radiodeep.log")
+        except OSError as err:
+            _setup_logging(verbosity)
+            log.warning("no log file: %s", os_fault(err))
+        if lock.taken_over:  # said before the log was set up: say it where it is read
+            log.warning("%s", lock.taken_over)
+        with _sigterm_as_interrupt():
+            return ExitCode.OK, work()
+    except RunError as err:
+        log.error("%s", err)
+        return ExitCode.STOPPED, None
+    except OSError as err:  # a foreseeable file-system fault outside the run itself
+        log.error("%s", os_fault(err))
+        return ExitCode.STOPPED, None
+    finally:
+        lock.release()
+
+
 def _cmd_run(args) -> int:
     from .config import ConfigError, load_config
-    from .pipeline import RunError, run
+    from .pipeline import exit_code, run
 
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     if args.output:
-        cfg.output = Path(args.output).resolve()
+        out = Path(args.output).resolve()
+        rel = os.path.relpath(out, cfg.base_dir)  # relative to the study: config.resolved.yaml stays portable
+        cfg.output = Path(rel) if not rel.startswith("..") else out
     if not args.progress:
         cfg.execution.progress = False
-    _setup_logging(args.verbose + 1, cfg.output_dir / "radiodeep.log")
-    try:
-        result = run(cfg, only=args.only)
-    except RunError as err:
-        log.error("%s", err)
-        return 1
+    code, result = _locked_run(cfg.output_dir, args.verbose + 1, lambda: run(cfg, only=args.only))
+    if result is None:
+        return code
     print(result.summary())
-    return 0
+    code = exit_code(result, cfg)
+    if code != ExitCode.OK:
+        log.warning("exit code %d: %s", code, _EXIT_MEANING.get(code, ""))
+    return code
+
+
+_EXIT_MEANING = {
+    ExitCode.CASES_FAILED: "case(s) failed during extraction (see failures.csv)",
+    ExitCode.EXPERIMENT_FAILED: "experiment(s) could not run (see the summary and the log)",
+}
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
-    from .pipeline import RunError
 
-    _setup_logging(args.verbose + 1, Path(args.dir).resolve() / "results" / "radiodeep.log")
-    try:
-        result = run_demo(Path(args.dir), n_cases=args.cases, quick=args.quick, progress=args.progress)
-    except RunError as err:
-        log.error("%s", err)
-        return 1
+    out = Path(args.dir).resolve() / "results"
+    code, result = _locked_run(out, args.verbose + 1, lambda: run_demo(
+        Path(args.dir), n_cases=args.cases, quick=args.quick, progress=args.progress))
+    if result is None:
+        return code
     print(result.summary())
-    return 0
+    return ExitCode.EXPERIMENT_FAILED if result.experiment_errors else ExitCode.OK
 
 
 def _cmd_describe_model(args) -> int:
@@ -143,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress bars (they are also off when stderr is not a terminal)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", parents=[common], help="validate, extract, evaluate every experiment, report")
+    r = sub.add_parser("run", parents=[common], help="validate, extract, evaluate every experiment, report",
+                       epilog=ExitCode.describe())
     r.add_argument("config", type=Path, help="study YAML file")
     r.add_argument("--only", choices=["extract", "evaluate"], default=None,
                    help="run only feature extraction, or only the experiments (on cached features)")
@@ -189,10 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted: finished cases are cached; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        msg = f"{what}: finished cases are cached; run the same command again to resume"
+        if any(not isinstance(h, logging.NullHandler) for h in logging.getLogger("radiodeep").handlers):
+            log.error("%s", msg)
+        else:
+            print(msg, file=sys.stderr)
+        return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

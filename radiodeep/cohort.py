@@ -1,6 +1,7 @@
 """The cohort: a manifest CSV of cases, read and checked.
 
-Columns: ``case_id, image, mask, label``; optional ``mask_label`` and ``split``;
+Columns: ``case_id, image, mask, label``; optional ``mask_label``, ``split`` and
+``roi_name`` (which structure of an RTSTRUCT / segment of a DICOM-SEG mask is the ROI);
 the sequence columns named in ``cohort.sequences``; any other column is kept as a
 clinical covariate. Paths are relative to the manifest's folder.
 """
@@ -29,6 +30,8 @@ class Case:
     mask_label: int = 1
     split: str | None = None
     sequences: tuple[Path, ...] = ()
+    roi_name: str | None = None  # RTSTRUCT structure / SEG segment (name, regex or number)
+    mask_cache: Path | None = field(default=None, compare=False)  # where rasterised DICOM masks are cached
     covariates: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -60,8 +63,9 @@ class Cohort:
                       self.excluded + [f for f in failures])
 
 
-def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str] | None = None,
-                  positive_label: str | int | None = None) -> tuple[Cohort, list[str]]:
+def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: list[str] | None = None,
+                  positive_label: str | int | None = None, roi_name: str | int | None = None,
+                  mask_cache: Path | None = None) -> tuple[Cohort, list[str]]:
     """Read a manifest; return the cohort and a list of manifest-level problems.
 
     Problems that make the manifest unusable (unreadable file, missing columns)
@@ -76,18 +80,25 @@ def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str]
     need = list(REQUIRED_COLUMNS) + list(sequences or [])
     missing = [c for c in need if c not in df.columns]
     if missing:
+        hint = ""
+        if len(df.columns) == 1 and any(sep in df.columns[0] for sep in ";\t|"):
+            sep = next(s for s in ";\t|" if s in df.columns[0])
+            hint = (f" (the header holds {sep!r} separators: the manifest must be comma-separated; "
+                    "re-save it as CSV with commas, e.g. from a spreadsheet's 'CSV (comma delimited)')")
         raise ValueError(f"manifest {path}: missing column(s) {missing}; "
-                         f"found {list(df.columns)}; required: {list(REQUIRED_COLUMNS)}")
+                         f"found {list(df.columns)}; required: {list(REQUIRED_COLUMNS)}{hint}")
+    if df.empty:
+        raise ValueError(f"manifest {path} has a header but no rows: add one row per case")
     problems: list[str] = []
     base = path.resolve().parent
-    known = set(need) | {"mask_label", "split"}
+    known = set(need) | {"mask_label", "split", "roi_name"}
     cases = []
     for i, row in df.iterrows():
         cid = row["case_id"].strip()
         if not cid:
             problems.append(f"manifest row {i + 2}: empty case_id")
             continue
-        ml = mask_label
+        ml = 1 if mask_label is None else int(mask_label)
         if "mask_label" in df.columns and row["mask_label"].strip():
             try:
                 ml = int(float(row["mask_label"]))
@@ -101,6 +112,8 @@ def read_manifest(path: Path | str, *, mask_label: int = 1, sequences: list[str]
             mask_label=ml,
             split=(row["split"].strip() or None) if "split" in df.columns else None,
             sequences=tuple(_abs(base, row[c]) for c in (sequences or [])),
+            roi_name=_roi_name(row, roi_name),
+            mask_cache=mask_cache,
             covariates={c: row[c] for c in df.columns if c not in known},
         ))
     ids = [c.case_id for c in cases]
@@ -130,6 +143,11 @@ def _label_counts(cases: list[Case], values: list[str], show: int = 5) -> str:
         listed = "" if len(ids) > show else f" ({', '.join(ids)})"
         parts.append(f"{v!r}: {len(ids)} case{'s' if len(ids) != 1 else ''}{listed}")
     return "; ".join(parts)
+
+
+def _roi_name(row, default: str | int | None) -> str | None:
+    own = row["roi_name"].strip() if "roi_name" in row.index else ""
+    return own or (None if default is None else str(default))
 
 
 def _abs(base: Path, p: str) -> Path:

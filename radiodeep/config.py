@@ -3,6 +3,8 @@
 Every section is a pydantic model with ``extra="forbid"``; unknown keys get a
 "did you mean" suggestion, wrong types and ranges name the full key path.
 Relative paths are resolved against the folder that holds the config file.
+:meth:`Config.resolved_yaml` writes the configuration as run, its paths made
+relative to the folder it is written to, so that file reruns from anywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +67,13 @@ class CohortConfig(_Strict):
     positive_label: str | int | None = Field(
         None, description="label value treated as the positive class (required for binary tasks)"
     )
-    mask_label: int = Field(1, ge=1, description="label value of the ROI in the masks")
+    mask_label: int | None = Field(
+        None, ge=1, description="label value of the ROI in the masks (None: the PyRadiomics parameter "
+                                "file's 'label', else 1; a manifest 'mask_label' column wins per case)")
+    roi_name: str | int | None = Field(
+        None, description="for RTSTRUCT/DICOM-SEG masks: the ROI's exact name, a regular expression "
+                          "such as '(?i)^gtv', or a SEG segment number (a manifest roi_name column wins)"
+    )
     on_invalid: Literal["error", "skip"] = "error"
     geometry_tolerance: float = Field(
         1e-3, gt=0, description="relative tolerance for spacing/origin/direction agreement"
@@ -254,8 +263,8 @@ class SelectConfig(_Strict):
         return self
 
 
-CLASSIFIERS = ("random_forest", "svm_rbf", "svm_linear", "naive_bayes", "logistic_regression",
-               "decision_tree")
+# the one list of classifier names lives with the code that builds them
+from .experiment import CLASSIFIERS  # noqa: E402
 
 
 class ClassifierConfig(_Strict):
@@ -383,6 +392,60 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def resolved_dict(self, folder: Path | str) -> dict[str, Any]:
+        """Every setting (defaults included), with each path rewritten relative to ``folder``
+        (where the file will be read from), so the file reruns the same study wherever it is
+        validated or run from."""
+        folder = Path(folder).resolve()
+        data = self.to_dict()
+
+        def rel(p) -> str:
+            path = self.resolve(p).resolve()
+            try:
+                return Path(os.path.relpath(path, folder)).as_posix()
+            except ValueError:  # another drive (Windows): keep it absolute
+                return str(path)
+
+        data["cohort"]["manifest"] = rel(self.cohort.manifest)
+        data["output"] = rel(self.output)
+        if self.execution.cache_dir is not None:
+            data["execution"]["cache_dir"] = rel(self.execution.cache_dir)
+        hc = self.features.handcrafted
+        if hc is not None and hc.params is not None:
+            data["features"]["handcrafted"]["params"] = rel(hc.params)
+        deep = self.features.deep
+        if deep is not None and isinstance(deep.weights, (str, Path)) and _looks_like_path(str(deep.weights)):
+            data["features"]["deep"]["weights"] = rel(deep.weights)
+        return data
+
+    def resolved_yaml(self, folder: Path | str) -> str:
+        """:meth:`resolved_dict` as YAML text (for ``config.resolved.yaml`` in ``folder``)."""
+        return yaml.safe_dump(self.resolved_dict(folder), sort_keys=False, allow_unicode=True)
+
+    def params_label(self) -> int | None:
+        """The ``label`` the handcrafted route's PyRadiomics settings name (inline settings over the
+        parameter file's ``setting``), or None when they name none."""
+        hc = self.features.handcrafted
+        if hc is None:
+            return None
+        label = None
+        if hc.params is not None:
+            setting = _read_setting(self.resolve(hc.params))
+            label = setting.get("label", label)
+        if hc.settings and "label" in hc.settings:
+            label = hc.settings["label"]
+        return None if label is None else int(label)
+
+    def roi_label(self) -> tuple[int, str]:
+        """The label value of the ROI in every mask (unless a manifest row names its own), and
+        where it comes from: ``cohort.mask_label``, the parameter file's ``label``, or the default 1."""
+        if self.cohort.mask_label is not None:
+            return self.cohort.mask_label, "cohort.mask_label"
+        label = self.params_label()
+        if label is not None:
+            return label, "features.handcrafted (PyRadiomics 'label')"
+        return 1, "default"
+
 
 # --------------------------------------------------------------------------- loading
 def _suggest(word: str, options) -> str:
@@ -477,7 +540,7 @@ def parse_config(data: Any, base_dir: Path | str = ".", source: str | None = Non
     except ValidationError as err:
         raise ConfigError(_format_errors(err) + _check_raw_files(data, base), source) from None
     cfg._base_dir = base
-    problems = _check_files(cfg)
+    problems = _check_files(cfg) + _check_label(cfg)
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -499,6 +562,32 @@ def _check_files(cfg: Config) -> list[str]:
         if not p.is_file():
             problems.append(f"features.deep.weights: file not found: {p}")
     return problems
+
+
+def _read_setting(path: Path | None) -> dict:
+    """The ``setting`` section of a PyRadiomics parameter file ({} when absent or unreadable:
+    the handcrafted route reports those problems itself)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return {}
+    setting = data.get("setting") if isinstance(data, dict) else None
+    return setting if isinstance(setting, dict) else {}
+
+
+def _check_label(cfg: Config) -> list[str]:
+    """The ROI label named twice, with two values, is refused: which one is meant is not knowable."""
+    try:
+        label = cfg.params_label()
+    except (TypeError, ValueError):
+        return ["features.handcrafted: the PyRadiomics setting 'label' must be an integer"]
+    mine = cfg.cohort.mask_label
+    if label is None or mine is None or label == mine:
+        return []
+    return [f"cohort.mask_label is {mine} but the PyRadiomics parameters say label: {label}; the ROI's "
+            "label must be named once: remove one of them (or make them agree)"]
 
 
 def _check_raw_files(data: dict, base: Path) -> list[str]:

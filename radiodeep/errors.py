@@ -31,3 +31,54 @@ class CaseFailure:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# --------------------------------------------------------------------------- exit codes
+class ExitCode:
+    """What ``radiodeep run`` (and ``demo``) exit with; documented in the README and ``run --help``."""
+
+    OK = 0                # every case and every experiment succeeded
+    STOPPED = 1           # the run could not start or go on (message on stderr and in the log)
+    CONFIG = 2            # the config file cannot be read or is invalid; bad command line
+    CASES_FAILED = 3      # finished, but case(s) failed in extraction (cohort.on_invalid: error)
+    EXPERIMENT_FAILED = 4  # finished, but experiment(s) could not run (cases may have failed too)
+    INTERRUPTED = 130     # Ctrl-C: finished cases are cached
+    TERMINATED = 143      # SIGTERM (scheduler, timeout, docker stop): finished cases are cached
+
+    @classmethod
+    def describe(cls) -> str:
+        return ("exit codes: 0 every case and experiment succeeded; 1 the run could not start or "
+                "go on; 2 invalid config or command line; 3 finished, but cases failed during "
+                "extraction (not with cohort.on_invalid: skip); 4 finished, but an experiment "
+                "could not run; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that the same clean-up runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- foreseeable OS faults
+def os_fault(err: OSError, path=None) -> str:
+    """One line for a foreseeable file-system fault: the path, what went wrong, the fix."""
+    import errno as _errno
+
+    where = err.filename if getattr(err, "filename", None) else path
+    where = f": {where}" if where else ""
+    reason = err.strerror or str(err)
+    code = err.errno
+    if code == _errno.ENOSPC or code == _errno.EDQUOT:
+        fix = ("free disk space (or give --output / execution.cache_dir on another disk) and run "
+               "the same command again: finished cases are cached and are not recomputed")
+    elif code in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        fix = "make it writable, or choose another output folder with --output"
+    elif code in (_errno.EEXIST, _errno.ENOTDIR):
+        fix = "a file is in the way of that folder: move it, or choose another output folder with --output"
+    elif code == _errno.ENAMETOOLONG:
+        fix = "choose a shorter output path (--output) or shorter case ids"
+    else:
+        fix = "check the folder and run the same command again: finished cases are cached"
+    return f"{reason}{where}; {fix}"

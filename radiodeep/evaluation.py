@@ -1,14 +1,12 @@
 """Honest evaluation of an experiment: one scikit-learn Pipeline, refitted in every fold.
 
 An experiment (routes x selector x k x classifier) becomes one ``Pipeline``
-(:func:`build_pipeline`): ``select`` (fitted on the training cases of the fold only) ->
+(:func:`radiodeep.experiment.build_pipeline`): ``select`` (fitted on the training cases of the fold only) ->
 ``scale`` (SVMs, logistic regression) -> ``clf``. :func:`evaluate` runs it under
 
 * ``loo``: leave-one-out (the default); the out-of-fold scores of all cases are pooled and the
   AUC is computed once over the cohort (a single left-out case has no AUC);
-* ``repeated_kfold``: repeated stratified k-fold; metrics are computed per repeat on the pooled
-  out-of-fold scores and averaged (AUC interval from the mean DeLong variance, proportions with
-  Wilson intervals on the number of cases);
+* ``repeated_kfold``: repeated stratified k-fold; each case is scored once per repeat;
 * ``external``: fitted once on the cases of ``train_split``, tested on those of ``test_split``
   (e.g. two cohorts: the published screening design).
 
@@ -17,7 +15,14 @@ selectors' ``loo_fits`` give, for each fold, exactly the selector a cold refit w
 the rest of the pipeline is then fitted on the selected columns as the cold pipeline would be
 (``fast=False`` runs the plain per-fold refit, with identical predictions).
 
-Metrics: AUC with DeLong's 95% interval, accuracy, balanced accuracy, sensitivity and
+Metrics, one definition for every scheme (:func:`radiodeep.stats.binary_metrics`): the
+out-of-fold scores of all repeats are pooled, each case counted once per repeat. The AUC is the
+pooled AUC (the area under the report's ROC curve), the confusion matrix counts all repeats, and
+accuracy, sensitivity and specificity are ratios of those counts; the intervals count cases, not
+repeats (DeLong with each case's placements averaged over its repeats; Wilson on counts / R).
+The pairwise DeLong tests of :func:`pairwise_delong` use the same pooled AUCs.
+
+AUC with DeLong's 95% interval, accuracy, balanced accuracy, sensitivity and
 specificity with Wilson intervals, the confusion matrix; an opt-in label-permutation test
 (``EvaluationConfig.permutations``); how often each feature was selected over the fits.
 """
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -42,23 +47,15 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
-from .models import build_classifier
 from .progress import progress as _progress
-from .selection import (
-    CorrelationFilter,
-    ReliefF,
-    RouteTopK,
-    SymmetricUncertainty,
-    _resolve_routes,
-    build_selector,
-)
-from .stats import _metrics_from, binary_metrics, delong_ci, delong_test, delong_variance, wilson_ci
+from .selection import CorrelationFilter, ReliefF, RouteTopK, SymmetricUncertainty
+from .selection.route_topk import _resolve_routes
+from .stats import binary_metrics, delong_ci, delong_test, delong_variance, wilson_ci
 
 __all__ = [
     "EvaluationResult",
-    "build_pipeline",
+    "pairwise_delong",
     "evaluate",
-    "compare",
     "delong_test",
     "delong_ci",
     "wilson_ci",
@@ -79,40 +76,7 @@ class EvaluationResult:
     null_aucs: np.ndarray | None = field(default=None, repr=False)  # permutation test
 
 
-# --------------------------------------------------------------------------- the pipeline
-def build_pipeline(experiment, routes: Mapping[str, Sequence[str]], seed: int) -> Pipeline:
-    """The ``Pipeline`` of one :class:`~radiodeep.config.ExperimentConfig`.
-
-    ``routes`` maps route name -> its column names in the ``X`` the pipeline will see (which
-    holds only the experiment's routes' columns). Raises ``ValueError`` when the experiment cannot
-    run on them (a route missing or empty, ``k`` or ``k_per_route`` above the number of features).
-    """
-    name = experiment.name
-    missing = [r for r in experiment.features if r not in routes]
-    if missing:
-        raise ValueError(f"experiment {name}: no features for route(s) {missing}")
-    own = {r: list(routes[r]) for r in experiment.features}
-    for r, cols in own.items():
-        if not cols:
-            raise ValueError(f"experiment {name}: route {r!r} has no features")
-    n_features = sum(len(c) for c in own.values())
-    sel = experiment.select
-    if sel.method != "none":
-        if sel.k_per_route is not None:
-            for r, cols in own.items():
-                if sel.k_per_route > len(cols):
-                    raise ValueError(f"experiment {name}: k_per_route={sel.k_per_route} but route "
-                                     f"{r!r} has only {len(cols)} features")
-        elif isinstance(sel.k, int) and sel.k > n_features:
-            raise ValueError(f"experiment {name}: k={sel.k} but the experiment has only "
-                             f"{n_features} features")
-    selector = build_selector(sel, own, seed)
-    clf = build_classifier(experiment.classifier, seed)
-    steps = [("select", selector)] if selector is not None else []
-    steps += clf.steps if isinstance(clf, Pipeline) else [("clf", clf)]
-    return Pipeline(steps)
-
-
+# --------------------------------------------------------------------------- selector checks
 def _check_selector(sel, names: np.ndarray, where: str = "") -> None:
     """Raise ValueError where a (known) selector cannot run on these columns."""
     p = len(names)
@@ -341,36 +305,16 @@ def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, 
 
 
 # --------------------------------------------------------------------------- evaluation
-def _summarise(pred: pd.DataFrame, scheme: str, level: float) -> dict:
-    if scheme != "repeated_kfold":
-        return binary_metrics(pred["y_true"].to_numpy(), pred["score"].to_numpy(),
-                              pred["y_pred"].to_numpy(), level)
-    aucs, variances, cm = [], [], []
-    for _, part in pred.groupby("repeat", sort=True):
-        yt, yp = part["y_true"].to_numpy(), part["y_pred"].to_numpy()
-        a, v = delong_variance(yt, part["score"].to_numpy())
-        aucs.append(a)
-        variances.append(v)
-        cm.append([((yt == 0) & (yp == 0)).sum(), ((yt == 0) & (yp == 1)).sum(),
-                   ((yt == 1) & (yp == 0)).sum(), ((yt == 1) & (yp == 1)).sum()])
-    tn, fp, fn, tp = np.mean(np.asarray(cm, dtype=np.float64), axis=0)
-    n = int(pred.groupby("repeat").size().iloc[0])
-    out = _metrics_from(None, None, tn, fp, fn, tp, n, level,
-                        auc_var=(float(np.mean(aucs)), float(np.mean(variances))))
-    first = pred[pred["repeat"] == pred["repeat"].min()]
-    out["n"], out["n_pos"] = n, int(first["y_true"].sum())
-    out["auc_sd"] = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
-    out["repeats"] = len(aucs)
-    return out
+def _summarise(pred: pd.DataFrame, level: float) -> dict:
+    """The metrics of one experiment's predictions: one definition for every scheme (see
+    :func:`radiodeep.stats.binary_metrics`): all repeats pooled, each case once per repeat."""
+    return binary_metrics(pred["y_true"].to_numpy(), pred["score"].to_numpy(),
+                          pred["y_pred"].to_numpy(), level, groups=pred["case_id"].to_numpy())
 
 
-def _pooled_auc(pred_rows, y: np.ndarray, scheme: str) -> float:
+def _pooled_auc(pred_rows, y: np.ndarray) -> float:
     df = pd.DataFrame(pred_rows, columns=["row", "score", "y_pred", "fold", "repeat"])
-    yt = y[df["row"].to_numpy()]
-    if scheme != "repeated_kfold":
-        return delong_variance(yt, df["score"].to_numpy())[0]
-    return float(np.mean([delong_variance(yt[g.index], g["score"].to_numpy())[0]
-                          for _, g in df.groupby("repeat")]))
+    return delong_variance(y[df["row"].to_numpy()], df["score"].to_numpy())[0]
 
 
 def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: str = "",
@@ -434,7 +378,7 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
         "repeat": pred["repeat"].to_numpy(),
         "experiment": experiment,
     }, columns=PREDICTION_COLUMNS)
-    metrics = _summarise(predictions, cfg.scheme, cfg.ci_level)
+    metrics = _summarise(predictions, cfg.ci_level)
 
     null = None
     if cfg.permutations:
@@ -452,7 +396,7 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
                 pf = _folds(cfg, yp, X.index, split)
             prow, _, _ = _run_folds(pipeline, X, yp, pf, scheme=cfg.scheme, fast=fast,
                                     n_jobs=n_jobs, show=False, desc=desc)
-            null[b] = _pooled_auc(prow, y_arr if cfg.scheme == "external" else yp, cfg.scheme)
+            null[b] = _pooled_auc(prow, y_arr if cfg.scheme == "external" else yp)
         observed = metrics["auc"]
         metrics["perm_p"] = float((1 + np.sum(null >= observed)) / (1 + cfg.permutations))
         metrics["perm_n"] = int(cfg.permutations)
@@ -470,12 +414,30 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
                             selection_frequency=freq, null_aucs=null)
 
 
-def compare(a: EvaluationResult, b: EvaluationResult) -> dict:
-    """DeLong's test between two experiments on their shared cases (repeats: mean score per case)."""
-    sa = a.predictions.groupby("case_id")["score"].mean()
-    sb = b.predictions.groupby("case_id")["score"].mean()
-    truth = pd.concat([a.predictions, b.predictions]).groupby("case_id")["y_true"].first()
-    ids = sa.index.intersection(sb.index)
-    if len(ids) < 3:
-        raise ValueError(f"experiments {a.experiment} and {b.experiment} share {len(ids)} case(s)")
-    return delong_test(truth.loc[ids].to_numpy(), sa.loc[ids].to_numpy(), sb.loc[ids].to_numpy())
+DELONG_COLUMNS = ["experiment_a", "experiment_b", "n", "auc_a", "auc_b", "diff", "z", "p"]
+
+
+def pairwise_delong(predictions: pd.DataFrame) -> pd.DataFrame:
+    """DeLong's test between every pair of experiments, on the cases (and repeats) both scored.
+
+    Same AUC definition as the metrics: the pooled out-of-fold scores of all repeats, paired by
+    (case, repeat), the variance clustered by case. On the same cases ``auc_a``/``auc_b`` equal
+    the experiments' ``auc`` in the metrics; ``n`` is the number of shared cases.
+    """
+    if predictions.empty:
+        return pd.DataFrame(columns=DELONG_COLUMNS)
+    scores = predictions.pivot_table(index=["case_id", "repeat"], columns="experiment",
+                                     values="score", aggfunc="first", sort=True)
+    truth = predictions.groupby(["case_id", "repeat"])["y_true"].first()
+    rows = []
+    names = list(dict.fromkeys(predictions["experiment"]))
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = scores[[a, b]].dropna()
+            yt = truth.loc[both.index].to_numpy()
+            cases = both.index.get_level_values("case_id").to_numpy()
+            if len(pd.unique(cases)) < 3 or len(np.unique(yt)) < 2:
+                continue
+            r = delong_test(yt, both[a].to_numpy(), both[b].to_numpy(), groups=cases)
+            rows.append({"experiment_a": a, "experiment_b": b, "n": int(len(pd.unique(cases))), **r})
+    return pd.DataFrame(rows, columns=DELONG_COLUMNS)

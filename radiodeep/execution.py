@@ -11,19 +11,29 @@ raised), so one bad case never stops the others.
   however large the cohort; the function reads its own inputs inside the worker.
   A worker that dies (segfault in a C extension, killed for memory) breaks the
   pool: the cases it may have taken down are rerun one at a time in a fresh
-  process, so the culprit is named and the others still finish.
+  process, so the culprit is named and the others still finish. Workers end
+  when the parent does, however it ends (``kill -9`` included): the kernel
+  signals them on Linux (``PR_SET_PDEATHSIG``), and a watchdog thread that
+  polls the parent's PID covers other platforms.
 * ``backend="dask"``: an *existing* Dask cluster at ``address`` (``tcp://host:8786``).
   No cluster is started here; the workers must see the same files and have
   radiodeep installed.
+
+Without a progress bar (stderr is not a terminal: a batch scheduler's log), a line
+with the cases done, the rate and the time left is logged at a steady rate instead
+(every ``RADIODEEP_PROGRESS_SECONDS``, default 30 s), so such a log never looks hung.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections import deque
 from functools import partial
@@ -137,7 +147,10 @@ def map_cases(func: Callable[[T], Any], items: Iterable[T], *, n_jobs: int = 1,
         gen = _map_serial(func, items)
     else:
         gen = _map_local(func, items, min(n_jobs, len(items)), start_method)
-    bar = progress_bar(gen, total=len(items), desc=desc, enabled=progress)
+    if progress and sys.stderr.isatty():
+        bar = progress_bar(gen, total=len(items), desc=desc, enabled=progress)
+    else:
+        bar = _logged_progress(gen, len(items), desc)
     try:
         yield from bar
     finally:
@@ -145,6 +158,42 @@ def map_cases(func: Callable[[T], Any], items: Iterable[T], *, n_jobs: int = 1,
         if close is not None:
             close()
         gen.close()
+
+
+def _progress_interval() -> float:
+    try:
+        return max(0.0, float(os.environ.get("RADIODEEP_PROGRESS_SECONDS", "30")))
+    except ValueError:
+        return 30.0
+
+
+def _logged_progress(gen, total: int, desc: str):
+    """Yield from ``gen``; log cases done / total, rate and ETA at most every interval (and at the end)."""
+    interval = _progress_interval()
+    what = desc or "cases"
+    t0 = last = time.monotonic()
+    done = 0
+    for pair in gen:
+        yield pair
+        done += 1
+        now = time.monotonic()
+        if now - last >= interval or done == total:
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            log.info("%s: %d/%d cases (%d%%), %.2f cases/s, %s", what, done, total, 100 * done // total,
+                     rate, "done" if done == total else f"ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 # --------------------------------------------------------------------------- serial
@@ -158,9 +207,13 @@ def _map_serial(func, items):
 
 
 # --------------------------------------------------------------------------- local processes
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int | None = None) -> None:
     # Ctrl-C goes to the whole process group: the parent stops the workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a forked worker inherits the parent's SIGTERM handler (stop like Ctrl-C): here it just ends
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent is not None:
+        _die_with_parent(parent)
     # ITK's thread pool: share the cores between workers instead of oversubscribing them
     # (the variable covers a SimpleITK imported later; no import is paid for here)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, threads))
@@ -172,6 +225,30 @@ def _worker_init(threads: int) -> None:
             pass
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when its parent process ends, however the parent ends."""
+    if sys.platform.startswith("linux"):
+        try:  # the kernel sends SIGKILL when the parent goes (kill -9 included)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except Exception:  # noqa: BLE001 - the watchdog below still covers it
+            pass
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="radiodeep-parent-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent: int, period: float = 0.5) -> None:  # the portable fallback
+    while True:
+        time.sleep(period)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _context(start_method: str | None):
     if start_method is None:
         start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
@@ -181,7 +258,7 @@ def _context(start_method: str | None):
 def _new_pool(n_workers: int, start_method: str | None) -> ProcessPoolExecutor:
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     return ProcessPoolExecutor(max_workers=n_workers, mp_context=_context(start_method),
-                               initializer=_worker_init, initargs=(threads,))
+                               initializer=_worker_init, initargs=(threads, os.getpid()))
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

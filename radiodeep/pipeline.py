@@ -13,23 +13,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .config import Config
+from .errors import CaseFailure, ExitCode, os_fault
+from .features.store import RouteResult, export_csv, read_features
 from .learned.schema import is_learned as _is_learned
-from .errors import CaseFailure
-from .features.store import RouteResult, export_csv
-from .provenance import environment
+from .provenance import environment, shareable
 from .validate import check_output_writable, check_routes, load_cohort
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunError", "RunResult", "run", "extract_routes", "evaluate_experiments"]
+__all__ = ["RunError", "RunResult", "run", "exit_code", "extract_routes", "evaluate_experiments"]
 
 ROUTES = ("handcrafted", "deep", "image")  # image: the learned route (radiodeep/learned)
 
@@ -78,9 +76,12 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     if reason:
         raise RunError(reason)
     problems = check_routes(config) if extracting else []
+    if not problems:
+        problems = k_problems(config)
     if problems:
         raise RunError("the feature settings cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
-    report = load_cohort(config, check_images=True, progress=progress)
+    # evaluation alone opens no image: the manifest's labels are all it needs
+    report = load_cohort(config, check_images=extracting, progress=progress)
     if report.problems:
         raise RunError("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in report.problems))
     cohort = report.cohort
@@ -99,54 +100,131 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     return cohort
 
 
-def _extractor(route: str):
-    if route == "handcrafted":
-        from .features.handcrafted import extract_handcrafted
+def known_feature_counts(config: Config) -> dict[str, int]:
+    """Feature counts that are known before extraction (route -> count; routes whose count
+    depends on the data or on a parameter file are absent)."""
+    counts = {}
+    deep = config.features.deep
+    if deep is not None:
+        try:
+            import torch
+            import torchvision
 
-        return extract_handcrafted
-    if route == "image":  # learned route: the ROI tensors themselves, cached, never exported as CSV
-        from .learned.route import extract_image
+            from .features.backbones import get_spec, resolve_layer
+            from .roi import view_tags
 
-        return extract_image
-    from .features.deep import extract_deep
+            spec = get_spec(deep.backbone)
+            if spec.family == "torchvision" and hasattr(torchvision.models, deep.backbone):
+                tap = resolve_layer(spec, deep.layer, deep.activation)
+                with torch.device("meta"):  # the shapes only: no memory, no weights
+                    module = getattr(torchvision.models, deep.backbone)().get_submodule(tap.path)
+                width = module.in_features if tap.where == "input" else module.out_features
+                counts["deep"] = int(width) * len(view_tags(deep.channels))
+        except Exception:  # noqa: BLE001 - unknown here: the experiment checks it after extraction
+            pass
+    return counts
 
-    return extract_deep
+
+def k_problems(config: Config) -> list[str]:
+    """Experiments whose ``k`` exceeds a feature count known before extraction."""
+    counts = known_feature_counts(config)
+    problems = []
+    for exp in config.experiments:
+        sel = exp.select
+        if sel.method == "none":
+            continue
+        if sel.k_per_route is not None:
+            for r in exp.features:
+                if r in counts and sel.k_per_route > counts[r]:
+                    problems.append(f"experiment {exp.name}: k_per_route={sel.k_per_route} but route "
+                                    f"{r!r} gives {counts[r]} features; lower k_per_route")
+        elif isinstance(sel.k, int) and all(r in counts for r in exp.features):
+            total = sum(counts[r] for r in exp.features)
+            if sel.k > total:
+                problems.append(f"experiment {exp.name}: k={sel.k} but its route(s) "
+                                f"{'+'.join(exp.features)} give {total} features; lower k")
+    return problems
 
 
-def extract_routes(cohort, config: Config, *, progress: bool, qc: list | None = None) -> dict[str, RouteResult]:
+def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = False) -> dict[str, RouteResult]:
+    """Every configured route through the one route interface: its settings slice (resolved
+    once, its cache key) in; features, failures and (when asked) contact-sheet previews out."""
+    from .features.routes import RunContext, configured_routes, get_route
+
+    context = RunContext.from_config(config, progress=progress, previews=previews)
     results = {}
+    for name in configured_routes(config):
+        t0 = time.perf_counter()
+        log.info("extracting %s features for %d cases", name, len(cohort))
+        route = get_route(name)
+        res = route.extract(cohort, route.settings_from_config(config), context)
+        for f in res.failures:
+            log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
+        log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
+                 res.features.shape[1], time.perf_counter() - t0, len(res.failures))
+        results[name] = res
+    return results
+
+
+def route_settings_key(name: str, config: Config) -> str:
+    """The settings (cache) key the config gives route ``name``: what its features depend on."""
+    try:
+        from .features.routes import get_route  # the routes' one interface, where present
+    except ImportError:
+        get_route = None
+    if get_route is not None:
+        route = get_route(name)
+        return route.settings_from_config(config).cache_key()
+    from .config import settings_hash
+
+    if name == "handcrafted":
+        from .features.handcrafted import _store_settings, handcrafted_settings
+
+        hc = config.features.handcrafted
+        settings = _store_settings(handcrafted_settings(hc, config.base_dir), hc.mode, config)
+    else:
+        from .features.deep import deep_settings
+
+        settings = deep_settings(config)
+    return settings_hash(json.loads(json.dumps(settings, default=str)))
+
+
+def _read_exported(config: Config, record) -> dict[str, RouteResult]:
+    """The exported feature tables, exactly as the extraction wrote them, after checking that
+    they were made with the settings the config gives now."""
+    out = config.output_dir
+    results = {}
+    problems = []
     for route in ROUTES:
         if getattr(config.features, route) is None:
             continue
-        t0 = time.perf_counter()
-        log.info("extracting %s features for %d cases", route, len(cohort))
-        extract = _extractor(route)
-        kwargs = {"progress": progress}
-        if route == "deep" and qc is not None:
-            kwargs["qc"] = qc
-        res = extract(cohort, config, **kwargs)
-        for f in res.failures:
-            log.warning("case %s failed in %s route: %s", f.case_id, route, f.reason)
-        log.info("%s: %d cases x %d features in %.1f s (%d failed)", route, res.features.shape[0],
-                 res.features.shape[1], time.perf_counter() - t0, len(res.failures))
-        results[route] = res
-    return results
-
-
-def _read_exported(config: Config) -> dict[str, RouteResult]:
-    out = config.output_dir
-    results = {}
-    for route in ROUTES:
-        if getattr(config.features, route) is None or route == "image":  # image: re-read from its cache
+        rec = record.routes.get(route)
+        if rec is None:
+            problems.append(f"no {route} features were extracted in {out} (run_record.json)")
             continue
-        p = out / f"features_{route}.csv"
+        p = out / rec.features_csv
         if not p.exists():
-            raise RunError(f"--only evaluate needs {p}; run 'radiodeep run CONFIG --only extract' first")
-        df = pd.read_csv(p, index_col="case_id", dtype={"case_id": str})
-        prov_p = p.with_suffix(".provenance.json")
-        prov = json.loads(prov_p.read_text(encoding="utf-8")) if prov_p.exists() else {}
-        results[route] = RouteResult(route, df.astype(float), provenance=prov)
+            problems.append(f"{p} is missing")
+            continue
+        key = route_settings_key(route, config)
+        if key != rec.settings_key:
+            problems.append(f"{p.name} was made with other {route} settings than the config's now "
+                            f"(settings key {rec.settings_key}, config {key})")
+            continue
+        results[route] = RouteResult(route, _read_table(p), provenance=rec.provenance)
+    if problems:
+        raise RunError("--only evaluate cannot use the exported features; run 'radiodeep run CONFIG' "
+                       "(or --only extract) first:\n" + "\n".join(f"  - {m}" for m in problems))
     return results
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """An exported route table: CSV, or the learned image route's tensors (``.npz``)."""
+    if path.suffix == ".npz":
+        from .learned.route import read_tensors
+
+        return read_tensors(path)
+    return read_features(path)
 
 
 def _failures_frame(failures: list[CaseFailure]) -> pd.DataFrame:
@@ -168,10 +246,13 @@ def _describe(exp) -> dict:
 def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.Series,
                          split: pd.Series | None, *, progress: bool):
     """Run every experiment; one that cannot run fails alone with its message."""
-    from .evaluation import build_pipeline, delong_test, evaluate
+    from .evaluation import evaluate, pairwise_delong
+    from .experiment import build_pipeline
 
     rows, preds, sels, errors = [], [], [], {}
-    for exp in config.experiments:
+    for i, exp in enumerate(config.experiments, 1):
+        log.info("experiment %d/%d: %s (%s, scheme %s)", i, len(config.experiments), exp.name,
+                 "+".join(exp.features), config.evaluation.scheme)
         try:
             frames = [tables[r] for r in exp.features]
             X = pd.concat(frames, axis=1, join="inner")
@@ -233,26 +314,16 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
     if not selection.empty:
         selection = selection.sort_values(["experiment", "frequency", "feature"],
                                           ascending=[True, False, True], kind="mergesort")
-    delong = _pairwise_delong(predictions, delong_test)
+    delong = pairwise_delong(predictions)
     return metrics, predictions, selection, delong, errors
 
 
-def _pairwise_delong(predictions: pd.DataFrame, delong_test) -> pd.DataFrame:
-    rows = []
-    if predictions.empty:
-        return pd.DataFrame(columns=["experiment_a", "experiment_b", "auc_a", "auc_b", "diff", "z", "p"])
-    # one score per case per experiment (repeated schemes: mean over repeats)
-    scores = predictions.groupby(["experiment", "case_id"])["score"].mean().unstack(0)
-    truth = predictions.groupby("case_id")["y_true"].first()
-    names = list(dict.fromkeys(predictions["experiment"]))
-    for a, b in combinations(names, 2):
-        both = scores[[a, b]].dropna()
-        yt = truth.loc[both.index].to_numpy()
-        if len(both) < 3 or len(np.unique(yt)) < 2:
-            continue
-        r = delong_test(yt, both[a].to_numpy(), both[b].to_numpy())
-        rows.append({"experiment_a": a, "experiment_b": b, **r})
-    return pd.DataFrame(rows, columns=["experiment_a", "experiment_b", "auc_a", "auc_b", "diff", "z", "p"])
+def _metric_columns() -> list[str]:
+    """The columns of ``metrics.csv`` (those of any experiment's row)."""
+    from .stats import binary_metrics
+
+    demo = binary_metrics(np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.6, 0.4]), np.array([0, 1, 1, 0]))
+    return ["experiment", "routes", "selector", "k", "classifier", *demo]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -270,48 +341,125 @@ def _jsonable(v):
 
 
 # --------------------------------------------------------------------------- the run
+def _load_record(out: Path):
+    from .record import RECORD_NAME, RunRecord
+
+    try:
+        return RunRecord.load(out)
+    except FileNotFoundError:
+        raise RunError(f"--only evaluate needs {out / RECORD_NAME} from a run that extracted the "
+                       f"features; run 'radiodeep run CONFIG --only extract' first") from None
+    except (ValueError, TypeError, KeyError) as err:
+        raise RunError(f"{out / RECORD_NAME} cannot be read: {err}") from None
+
+
 def run(config: Config, only: str | None = None) -> RunResult:
-    """Run a study; ``only`` is None, ``"extract"`` or ``"evaluate"``."""
+    """Run a study; ``only`` is None, ``"extract"`` or ``"evaluate"``.
+
+    Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
+    drawn from it. ``--only evaluate`` reloads it and opens no image: labels come from the
+    manifest, features from the exported CSVs (checked against the config's route settings),
+    failures from the record. A full run evaluates those same exported CSVs, so both give
+    byte-identical metrics, predictions and selection tables.
+
+    The output folder is locked for the whole run (a second run on it is refused with the
+    first one's PID and start time). A foreseeable file-system fault (disk full, folder not
+    writable) stops the run with a :class:`RunError` naming the path and the fix; every case
+    finished before it stays cached.
+    """
+    from .outdir import OutputLock, OutputLocked
+
+    out = config.output_dir
+    reason = check_output_writable(out)
+    if reason:
+        raise RunError(reason)
+    try:
+        with OutputLock(out):
+            return _run(config, only)
+    except OutputLocked as err:
+        raise RunError(str(err)) from None
+    except OSError as err:
+        raise RunError(os_fault(err)) from err
+
+
+def exit_code(result: RunResult, config: Config) -> int:
+    """:class:`~radiodeep.errors.ExitCode` of a finished run: 0 only when every case and
+    experiment succeeded (cases excluded or failed count only when ``cohort.on_invalid`` is
+    ``error``; ``skip`` asked for them to be left out)."""
+    if result.experiment_errors:
+        return ExitCode.EXPERIMENT_FAILED
+    if len(result.failures) and config.cohort.on_invalid != "skip":
+        return ExitCode.CASES_FAILED
+    return ExitCode.OK
+
+
+def _run(config: Config, only: str | None = None) -> RunResult:
+    from .record import RouteRecord, RunRecord, write_table
+
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
     out = config.output_dir
     cohort = prepare(config, progress, extracting=only != "evaluate")
+    if only != "evaluate":
+        from .outdir import remove_stale_evaluation
+
+        remove_stale_evaluation(out)  # they describe the features being replaced
     result = RunResult(output_dir=out)
     env = environment()
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
-    failures: list[CaseFailure] = list(cohort.excluded)
     contact_sheet = out / "crops_contact_sheet.png"
     if only == "evaluate":
-        routes = _read_exported(config)
-        if config.features.image is not None:  # learned route: the ROI tensors, from their cache
-            routes.update(extract_routes(cohort, config.model_copy(update={"features": config.features.model_copy(
-                update={"handcrafted": None, "deep": None})}), progress=progress))
+        log.info("--only evaluate: reading the exported features (%s) in %s",
+                 ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
+                 out)
+        record = _load_record(out)
+        record.config, record.environment, record.started = shareable(config.to_dict(), config.base_dir), env, started
+        record.positive_label = cohort.positive_label
+        routes = _read_exported(config, record)
     else:
-        qc: list = []
-        routes = extract_routes(cohort, config, progress=progress, qc=qc)
-        for name, res in routes.items():
+        record = RunRecord(name=config.name, config=shareable(config.to_dict(), config.base_dir),
+                           environment=env, started=started,
+                           positive_label=cohort.positive_label)
+        failures: list[CaseFailure] = list(cohort.excluded)
+        extracted = extract_routes(cohort, config, progress=progress, previews=True)
+        previews = [item for res in extracted.values() for item in res.previews]
+        for name, res in extracted.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
-            if name == "image":  # learned route: tensors stay in the cache (a row is 3 x size x size values)
-                _write_json(out / "features_image.provenance.json", prov)
-                continue
-            export_csv(res.features, out / f"features_{name}.csv", prov)
+            prov = shareable(prov, config.base_dir)  # provenance may be shared: no path of this machine
+            if name == "image":  # learned route: float32 tensors as .npz (a row holds 3 x size x size values)
+                from .learned.route import export_tensors
+
+                csv = export_tensors(res.features, out / "features_image.npz", prov)
+            else:
+                csv = export_csv(res.features, out / f"features_{name}.csv", prov)
+            record.routes[name] = RouteRecord(name, route_settings_key(name, config), csv.name,
+                                              int(res.features.shape[0]), int(res.features.shape[1]),
+                                              _plain(prov))
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
-        if qc:
+        if previews:
             from .qc import contact_sheet as write_sheet
 
-            write_sheet(qc, contact_sheet)
-    result.failures = _failures_frame(failures)
-    result.failures.to_csv(out / "failures.csv", index=False)
-    if only == "extract":
-        log.info("features written; evaluation skipped (--only extract)")
-        return result
-    if not config.experiments:
-        log.warning("no experiments in the config: nothing to evaluate")
+            write_sheet(previews, contact_sheet)
+            record.outputs["contact_sheet"] = contact_sheet.name
+        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, config.base_dir)} for f in failures]
+        record.computed = ["extract"]
+        # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
+        routes = {name: RouteResult(name, _read_table(out / rec.features_csv), provenance=rec.provenance)
+                  for name, rec in record.routes.items()}
+    result.failures = record.failures_frame()
+    write_table(result.failures, out / "failures.csv")
+    if only == "extract" or not config.experiments:
+        if only != "extract":
+            log.warning("no experiments in the config: nothing to evaluate")
+        else:
+            log.info("features written; evaluation skipped (--only extract)")
+        record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record.save(out)
         return result
 
     y = cohort.y()
@@ -323,33 +471,36 @@ def run(config: Config, only: str | None = None) -> RunResult:
         config, tables, y, split, progress=progress)
     result.metrics, result.predictions, result.selection = metrics, predictions, selection
     result.delong, result.experiment_errors = delong, errors
-    metrics.to_csv(out / "metrics.csv", index=False)
+    if metrics.empty:  # every experiment failed: the file still says what it would hold
+        metrics = pd.DataFrame(columns=_metric_columns())
+    write_table(metrics, out / "metrics.csv")
     _write_json(out / "metrics.json", {
         "experiments": metrics.to_dict(orient="records"),
-        "errors": errors,
+        "errors": shareable(errors, config.base_dir),
         "evaluation": config.evaluation.model_dump(mode="json"),
     })
-    predictions.to_csv(out / "predictions.csv", index=False)
-    selection.to_csv(out / "selected_features.csv", index=False)
-    delong.to_csv(out / "delong.csv", index=False)
+    write_table(predictions, out / "predictions.csv")
+    write_table(selection, out / "selected_features.csv")
+    write_table(delong, out / "delong.csv")
 
-    from .report import write_report
+    record.metrics = metrics.to_dict(orient="records")
+    record.delong = delong.to_dict(orient="records")
+    record.experiment_errors = shareable(dict(errors), config.base_dir)
+    record.outputs.update(predictions="predictions.csv", selection="selected_features.csv",
+                          metrics="metrics.csv", delong="delong.csv")
+    if "evaluate" not in record.computed:
+        record.computed.append("evaluate")
+    if any((out / "ensembles" / e.name / "summary.json").is_file() for e in config.experiments):
+        record.outputs["ensembles"] = "ensembles"  # cnn_ensemble: members, DeLong vs each, seed spread
+    record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record.save(out)
 
-    provenance = {
-        "config": config.to_dict(),
-        "environment": env,
-        "routes": {name: res.provenance for name, res in routes.items()},
-        "seed": config.evaluation.seed,
-        "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    ensembles = {e.name: json.loads((out / "ensembles" / e.name / "summary.json").read_text(encoding="utf-8"))
-                 for e in config.experiments if (out / "ensembles" / e.name / "summary.json").is_file()}
-    if ensembles:  # cnn_ensemble: members used, DeLong vs each member, seed spread
-        provenance["ensembles"] = ensembles
-    result.report = write_report(
-        out, title=config.name, metrics=metrics, predictions=predictions, selection=selection,
-        delong=delong, failures=result.failures, experiment_errors=errors, provenance=provenance,
-        contact_sheet=contact_sheet if contact_sheet.exists() else None,
-        positive_label=cohort.positive_label)
+    from .record import write_report
+
+    result.report = write_report(record, out)
     return result
+
+
+def _plain(obj):
+    """Provenance as JSON data (what the record stores)."""
+    return json.loads(json.dumps(obj, default=_jsonable))

@@ -1,8 +1,7 @@
-"""Progress bars: shown only when asked for and when stderr is a terminal."""
+"""Progress bars: shown only when asked for and when the output is a terminal (tqdm's ``disable=None``)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Iterable, TypeVar
 
 from tqdm.auto import tqdm
@@ -12,5 +11,6 @@ T = TypeVar("T")
 
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
              enabled: bool = True) -> Iterable[T]:
-    show = enabled and sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+    # disable=None: tqdm itself turns the bar off when its output (stderr) is not a terminal
+    return tqdm(iterable, total=total, desc=desc, disable=None if enabled else True, leave=False,
+                dynamic_ncols=True)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 if TYPE_CHECKING:  # pragma: no cover
     from .roi import RoiViews
 
-__all__ = ["contact_sheet", "views_items", "network_view_items", "cohort_contact_sheet"]
+__all__ = ["contact_sheet", "views_items", "network_view_items"]
 
 _GAP = 4  # pixels between tiles
 _BG = (0, 0, 0)
@@ -129,9 +129,3 @@ def network_view_items(views: "RoiViews", channels: str, max_side: int = 128) ->
         step = -(-items[0][1].shape[-1] // max_side)
         items = [(label, np.ascontiguousarray(a[..., ::step, ::step])) for label, a in items]
     return items
-
-
-def cohort_contact_sheet(views: Sequence["RoiViews"], path: Path, tag: str | None = None,
-                         columns: int | None = None, *, tile_px: int | None = None) -> Path:
-    """:func:`contact_sheet` of every crop of a cohort (see :func:`views_items`)."""
-    return contact_sheet(views_items(views, tag), path, columns, tile_px=tile_px)

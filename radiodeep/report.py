@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -222,11 +222,14 @@ def _experiment_rows(metrics: pd.DataFrame) -> list[dict]:
 
 
 def _roc(metrics: pd.DataFrame, predictions: pd.DataFrame, scheme: dict) -> list[plots.RocCurve]:
+    """One curve per experiment from all its out-of-fold scores (every repeat); the AUC shown
+    with it is the metrics table's (the same pooled AUC: the area under this curve)."""
     need = {"experiment", "y_true", "score"}
     if predictions.empty or not need <= set(predictions.columns):
         return []
     order = list(dict.fromkeys([*map(str, _col(metrics, "experiment").dropna()),
                                 *map(str, predictions["experiment"].dropna())]))
+    table_auc = {_text(r.get("experiment")): _num(r.get("auc")) for _, r in metrics.iterrows()}
     curves = []
     for name in order:
         p = predictions[predictions["experiment"].astype(str) == name]
@@ -234,12 +237,18 @@ def _roc(metrics: pd.DataFrame, predictions: pd.DataFrame, scheme: dict) -> list
         if pts is None:
             continue
         fpr, tpr, auc = pts
+        if table_auc.get(name) is not None:
+            auc = table_auc[name]
         y = pd.to_numeric(p["y_true"], errors="coerce")
-        curves.append(plots.RocCurve(name, fpr, tpr, auc, int(y.notna().sum()), int((y == 1).sum())))
+        n_rep = max(int(p["repeat"].nunique()), 1) if "repeat" in p.columns else 1
+        curves.append(plots.RocCurve(name, fpr, tpr, auc, int(y.notna().sum()) // n_rep,
+                                     int((y == 1).sum()) // n_rep))
     return curves
 
 
 def _confusion(metrics: pd.DataFrame, predictions: pd.DataFrame, pos: str, neg: str) -> list[dict]:
+    """The metrics table's confusion counts (all repeats, each case once per repeat) and the
+    metrics table's sensitivity, specificity, PPV and NPV (ratios of those same counts)."""
     out = []
     for _, r in metrics.iterrows():
         name = _text(r.get("experiment"), "?")
@@ -259,14 +268,17 @@ def _confusion(metrics: pd.DataFrame, predictions: pd.DataFrame, pos: str, neg: 
         if any(v is None for v in cells.values()):
             continue
         tp, fn, fp, tn = cells["tp"], cells["fn"], cells["fp"], cells["tn"]
+        ratio = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
+                 "npv": (tn, tn + fn)}
+        shown = {}
+        for key, (num, den) in ratio.items():
+            v = _num(r.get(key)) if source == "table" else None
+            shown[key] = fmt_pct(v if v is not None else (num / den if den else None))
         out.append({
             "name": name, **cells, "source": source,
             "pos_total": tp + fn, "neg_total": fp + tn,
             "pred_pos_total": tp + fp, "pred_neg_total": fn + tn, "total": tp + fn + fp + tn,
-            "sensitivity": fmt_pct(tp / (tp + fn)) if tp + fn else "\u2014",
-            "specificity": fmt_pct(tn / (tn + fp)) if tn + fp else "\u2014",
-            "ppv": fmt_pct(tp / (tp + fp)) if tp + fp else "\u2014",
-            "npv": fmt_pct(tn / (tn + fn)) if tn + fn else "\u2014",
+            **shown,
             "pos": pos, "neg": neg,
         })
     return out

@@ -7,6 +7,14 @@
 * :func:`wilson_ci`: Wilson's score interval of a proportion.
 * :func:`binary_metrics`: AUC, accuracy, balanced accuracy, sensitivity, specificity, the
   confusion matrix, with their intervals.
+
+Repeated cross-validation scores each case once per repeat. ``groups`` (the case id of every
+row) then says which rows are the same case: the AUC is still the pooled AUC of all rows (the
+area under the pooled ROC curve), but its variance averages each case's DeLong placement values
+over its repeats before taking their variance over cases (DeLong with clustered data, as in
+Obuchowski 1997), so that repeating a case R times does not shrink the interval; the Wilson
+intervals likewise use the number of cases (counts divided by R). With one row per case (LOO,
+external test) ``groups`` changes nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 from scipy.stats import norm, rankdata
 
-__all__ = ["auc_score", "delong_ci", "delong_test", "delong_variance", "wilson_ci", "binary_metrics"]
+__all__ = ["delong_ci", "delong_test", "delong_variance", "wilson_ci", "binary_metrics"]
 
 
 def _split(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +59,26 @@ def _structural(y_true, scores):
     return aucs, v10, v01, m, n
 
 
+def _by_case(v: np.ndarray, groups) -> np.ndarray:
+    """Placement values (k, rows) averaged per case (k, cases); rows unchanged without groups."""
+    if groups is None:
+        return v
+    codes, uniq = pd.factorize(np.asarray(groups, dtype=object), sort=True)
+    sums = np.zeros((v.shape[0], len(uniq)))
+    np.add.at(sums.T, codes, v.T)
+    return sums / np.bincount(codes, minlength=len(uniq))
+
+
+def _split_groups(y_true, groups):
+    if groups is None:
+        return None, None
+    g = np.asarray(groups, dtype=object)
+    pos = np.asarray(y_true).astype(bool)
+    if g.shape[0] != pos.shape[0]:
+        raise ValueError(f"groups ({g.shape}) and y_true ({pos.shape}) do not match")
+    return g[pos], g[~pos]
+
+
 def _cov(v: np.ndarray) -> np.ndarray:
     k, size = v.shape
     if size < 2:
@@ -57,16 +86,17 @@ def _cov(v: np.ndarray) -> np.ndarray:
     return np.atleast_2d(np.cov(v, ddof=1))
 
 
-def auc_score(y_true, scores) -> float:
-    """The AUC (probability that a positive scores above a negative, ties one half)."""
-    return float(_structural(y_true, scores)[0][0])
+def _variance_matrix(y_true, scores, groups) -> tuple[np.ndarray, np.ndarray]:
+    aucs, v10, v01, _, _ = _structural(y_true, scores)
+    gp, gn = _split_groups(y_true, groups)
+    v10, v01 = _by_case(v10, gp), _by_case(v01, gn)
+    return aucs, _cov(v10) / v10.shape[1] + _cov(v01) / v01.shape[1]
 
 
-def delong_variance(y_true, scores) -> tuple[float, float]:
-    """(AUC, DeLong variance of the AUC)."""
-    aucs, v10, v01, m, n = _structural(y_true, scores)
-    var = _cov(v10)[0, 0] / m + _cov(v01)[0, 0] / n
-    return float(aucs[0]), float(var)
+def delong_variance(y_true, scores, groups=None) -> tuple[float, float]:
+    """(AUC, DeLong variance of the AUC); ``groups``: case id of each row (repeated rows)."""
+    aucs, S = _variance_matrix(y_true, scores, groups)
+    return float(aucs[0]), float(S[0, 0])
 
 
 def _z(level: float) -> float:
@@ -75,26 +105,26 @@ def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2.0))
 
 
-def delong_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, float]:
+def delong_ci(y_true, scores, level: float = 0.95, groups=None) -> tuple[float, float, float]:
     """(AUC, low, high): AUC +- z * DeLong SE, clipped to [0, 1] (NaN bounds with < 2 per class)."""
-    auc, var = delong_variance(y_true, scores)
+    auc, var = delong_variance(y_true, scores, groups)
     if not np.isfinite(var):
         return auc, float("nan"), float("nan")
     half = _z(level) * math.sqrt(max(var, 0.0))
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
-def delong_test(y_true, scores_a, scores_b) -> dict:
+def delong_test(y_true, scores_a, scores_b, groups=None) -> dict:
     """DeLong's test of two correlated AUCs on the same cases (two-sided).
 
-    Returns ``auc_a``, ``auc_b``, ``diff`` (a - b), ``z`` and ``p``.
+    Returns ``auc_a``, ``auc_b``, ``diff`` (a - b), ``z`` and ``p``. Rows are paired: row i of
+    both holds the same case (and repeat); ``groups`` gives each row's case id.
     """
     a = np.asarray(scores_a, dtype=np.float64)
     b = np.asarray(scores_b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"scores_a {a.shape} and scores_b {b.shape} differ in shape")
-    aucs, v10, v01, m, n = _structural(y_true, np.vstack([a, b]))
-    S = _cov(v10) / m + _cov(v01) / n
+    aucs, S = _variance_matrix(y_true, np.vstack([a, b]), groups)
     var = S[0, 0] + S[1, 1] - 2.0 * S[0, 1]
     diff = float(aucs[0] - aucs[1])
     if not np.isfinite(var):
@@ -121,39 +151,42 @@ def wilson_ci(successes: float, n: float, level: float = 0.95) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def binary_metrics(y_true, scores, y_pred, level: float = 0.95) -> dict:
-    """Every metric of one set of out-of-sample predictions (labels 0/1, positive = 1)."""
+def binary_metrics(y_true, scores, y_pred, level: float = 0.95, groups=None) -> dict:
+    """Every metric of one set of out-of-sample predictions (labels 0/1, positive = 1).
+
+    One definition whatever the scheme: the counts ``tn, fp, fn, tp`` are over all rows (a case
+    scored in R repeats counts R times), accuracy, sensitivity and specificity are ratios of
+    those counts, the AUC is the pooled AUC of all rows. ``groups`` (each row's case id) makes
+    the intervals count cases, not rows (see the module docs); ``n``/``n_pos`` are cases,
+    ``repeats`` the rows per case.
+    """
     y = np.asarray(y_true).astype(int)
     yp = np.asarray(y_pred).astype(int)
     tp = int(((y == 1) & (yp == 1)).sum())
     tn = int(((y == 0) & (yp == 0)).sum())
     fp = int(((y == 0) & (yp == 1)).sum())
     fn = int(((y == 1) & (yp == 0)).sum())
-    return _metrics_from(y, scores, tn, fp, fn, tp, len(y), level)
-
-
-def _metrics_from(y, scores, tn, fp, fn, tp, n, level, auc_var=None) -> dict:
-    n_pos, n_neg = tp + fn, tn + fp
+    n_cases = len(y) if groups is None else len(pd.unique(np.asarray(groups, dtype=object)))
+    if n_cases and len(y) % n_cases:
+        raise ValueError("every case must be scored the same number of times")
+    r = len(y) // n_cases if n_cases else 1
     out: dict = {}
-    if auc_var is None:
-        try:
-            auc, lo, hi = delong_ci(y, scores, level)
-        except ValueError:
-            auc = lo = hi = float("nan")
-    else:
-        auc, var = auc_var
-        half = _z(level) * math.sqrt(var) if np.isfinite(var) else float("nan")
-        lo, hi = max(0.0, auc - half), min(1.0, auc + half)
+    try:
+        auc, lo, hi = delong_ci(y, scores, level, groups=groups)
+    except ValueError:
+        auc = lo = hi = float("nan")
     out["auc"], out["auc_ci_low"], out["auc_ci_high"] = auc, lo, hi
-    acc = (tp + tn) / n if n else float("nan")
-    out["accuracy"] = acc
-    out["accuracy_ci_low"], out["accuracy_ci_high"] = wilson_ci(tp + tn, n, level)
+    n, n_pos, n_neg = tp + tn + fp + fn, tp + fn, tn + fp
+    out["accuracy"] = (tp + tn) / n if n else float("nan")
+    out["accuracy_ci_low"], out["accuracy_ci_high"] = wilson_ci((tp + tn) / r, n / r, level)
     sens = tp / n_pos if n_pos else float("nan")
     spec = tn / n_neg if n_neg else float("nan")
     out["balanced_accuracy"] = (sens + spec) / 2.0
     out["sensitivity"] = sens
-    out["sensitivity_ci_low"], out["sensitivity_ci_high"] = wilson_ci(tp, n_pos, level)
+    out["sensitivity_ci_low"], out["sensitivity_ci_high"] = wilson_ci(tp / r, n_pos / r, level)
     out["specificity"] = spec
-    out["specificity_ci_low"], out["specificity_ci_high"] = wilson_ci(tn, n_neg, level)
-    out.update(n=n, n_pos=n_pos, tn=tn, fp=fp, fn=fn, tp=tp)
+    out["specificity_ci_low"], out["specificity_ci_high"] = wilson_ci(tn / r, n_neg / r, level)
+    out["ppv"] = tp / (tp + fp) if tp + fp else float("nan")
+    out["npv"] = tn / (tn + fn) if tn + fn else float("nan")
+    out.update(n=n_cases, n_pos=n_pos // r, repeats=r, tn=tn, fp=fp, fn=fn, tp=tp)
     return out

@@ -6,10 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
+
 from .cohort import Cohort, check_cases, read_manifest
 from .config import Config
 from .errors import CaseError, CaseFailure
-from .imageio import geometry_mismatch, read_case_images, read_image
+from .imageio import GeometryPolicy, geometry_mismatch, image_info, read_case_images, read_case_sequences
 from .progress import progress as _progress
 
 log = logging.getLogger(__name__)
@@ -35,11 +38,15 @@ class CohortReport:
 
 
 def load_cohort(config: Config, *, check_images: bool = True, progress: bool = False) -> CohortReport:
-    """Read the manifest and check every case (files, geometry, mask label)."""
+    """Read the manifest and check every case: files, integrity (gzip CRC, impossible values),
+    geometry (from headers first), mask label, and what predicts a route's failure on the
+    case (dimension against the mode, components, ROI voxels against the parameter file)."""
     cc = config.cohort
+    label, _ = config.roi_label()
     try:
-        cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=cc.mask_label,
-                                         sequences=cc.sequences, positive_label=cc.positive_label)
+        cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=label,
+                                         sequences=cc.sequences, positive_label=cc.positive_label,
+                                         roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks")
     except ValueError as err:
         return CohortReport(None, [str(err)])
     if config.evaluation.scheme == "external":
@@ -51,41 +58,138 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
     failures: list[CaseFailure] = []
     notes: list[str] = []
     if check_images:
+        policy = GeometryPolicy.of(cc)
+        needs = _route_needs(config)
+
         def check(case):
+            _header_geometry(case, policy)
             said: list[str] = []
-            image, _ = read_case_images(case, cc.geometry_tolerance, cc.resample_mask, notes=said)
+            image, mask = read_case_images(case, policy.tolerance, policy.resample_mask, notes=said)
+            read_case_sequences(case, image, policy.tolerance)
+            said += _route_case_problems(case, image, mask, needs, config)
             notes.extend(f"case {case.case_id}: {n}" for n in said)
-            for seq in case.sequences:
-                other = read_image(seq, case.case_id, "sequence")
-                problem = geometry_mismatch(image, other, cc.geometry_tolerance, what="sequence")
-                if problem is not None:
-                    raise CaseError(case.case_id, f"sequence {seq.name} does not share the image's grid: {problem}")
 
         failures = check_cases(_progress(cohort.cases, desc="checking cases", enabled=progress),
                                check, stage="input")
     return CohortReport(cohort, problems, failures, notes)
 
 
+def _header_geometry(case, policy: GeometryPolicy) -> None:
+    """Geometry from the headers alone, before any voxel is read (a mismatch is found cheaply;
+    with resample_mask the mask's own is left to the reader)."""
+    image = image_info(case.image, case.case_id, "image")
+    from .masks import dicom_kind
+
+    # an RTSTRUCT/DICOM-SEG mask has no grid of its own: it is drawn on the image's grid
+    mask_on_grid = policy.resample_mask or dicom_kind(case.mask, case.case_id) is not None
+    others = [] if mask_on_grid else [("mask", case.mask)]
+    others += [(f"sequence {i + 1} ({p.name})", p) for i, p in enumerate(case.sequences)]
+    for what, path in others:
+        problem = geometry_mismatch(image, image_info(path, case.case_id, what), policy.tolerance, what=what)
+        if problem is not None:
+            if what == "mask":
+                raise CaseError(case.case_id, f"image/mask geometry mismatch: {problem} "
+                                "(set cohort.resample_mask: true to resample the mask onto the image)")
+            raise CaseError(case.case_id, f"{what} does not share the image's grid: {problem}")
+
+
+@dataclass
+class _Needs:
+    """What the configured routes need of every case (read once from their settings)."""
+
+    handcrafted_mode: str | None = None
+    min_dims: int = 1
+    min_size: int | None = None
+    resampled: tuple[float, ...] | None = None
+    plane: str = "axial"
+    slice_how: str = "largest"
+
+
+def _route_needs(config: Config) -> _Needs:
+    needs = _Needs(plane=config.roi.plane, slice_how="centre" if config.roi.slice == "centre" else "largest")
+    if config.features.handcrafted is not None:
+        from .features.handcrafted import settings_from_config
+
+        try:
+            setting = settings_from_config(config).run_params.get("setting") or {}
+        except Exception:  # noqa: BLE001 - the settings' own problems are listed by check_routes
+            setting = {}
+        needs.handcrafted_mode = config.features.handcrafted.mode
+        needs.min_dims = int(setting.get("minimumROIDimensions") or 2)
+        needs.min_size = int(setting["minimumROISize"]) if setting.get("minimumROISize") else None
+        spacing = setting.get("resampledPixelSpacing")
+        needs.resampled = tuple(float(s) for s in spacing) if spacing else None
+    return needs
+
+
+def _route_case_problems(case, image, mask, needs: _Needs, config: Config) -> list[str]:
+    """Raise (in plain words) what would make a route fail on this case; return warnings."""
+    from .roi import choose_slices, plane_axis
+
+    cid = case.case_id
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise CaseError(cid, f"image is {dim}D; radiodeep reads 2D or 3D images")
+    if dim == 2 and needs.handcrafted_mode == "3d":
+        raise CaseError(cid, "image is 2D (a single slice) but features.handcrafted.mode is 3d: "
+                             "use features.handcrafted.mode: 2d for 2D images")
+    if dim == 2 and config.roi.plane != "axial":
+        raise CaseError(cid, f"image is 2D (a single slice); roi.plane {config.roi.plane!r} is not available, "
+                             "use 'axial'")
+    warnings = []
+    values = sitk.GetArrayViewFromImage(image)
+    if values.size and values.min() == values.max():
+        warnings.append(f"the image is constant (every voxel is {float(values.min()):g}): texture and deep "
+                        "features carry no information")
+    if needs.handcrafted_mode is None:
+        return warnings
+    m = sitk.GetArrayViewFromImage(mask)
+    m = m[None] if m.ndim == 2 else m
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    if dim == 2:
+        spacing = spacing + (1.0,)
+    if needs.handcrafted_mode == "2d":
+        axis = plane_axis(needs.plane)
+        k = choose_slices(m, axis, needs.slice_how)[0]
+        index = [slice(None)] * 3
+        index[axis] = slice(k, k + 1)
+        m = m[tuple(index)]
+        where = f"the {needs.plane} slice radiodeep uses in 2D mode"
+    else:
+        where = "the ROI"
+    nz = np.nonzero(m)
+    n = int(nz[0].size)
+    extent = [int(ax.max() - ax.min() + 1) for ax in nz]
+    n_dims = sum(e > 1 for e in extent)
+    if n_dims < needs.min_dims:
+        shape = " x ".join(str(e) for e in extent[::-1])
+        raise CaseError(cid, f"{where} spans {n_dims} dimension(s) ({n} voxel(s), {shape} voxels); PyRadiomics "
+                             f"needs at least minimumROIDimensions = {needs.min_dims}: the handcrafted route would "
+                             "fail on this case (check the mask)")
+    if needs.min_size is not None:
+        estimate = float(n)
+        if needs.resampled:
+            new = [r if r > 0 else s for r, s in zip(needs.resampled, spacing)]
+            estimate = n * float(np.prod(spacing[:len(new)])) / float(np.prod(new))
+        if estimate < needs.min_size:
+            about = "" if not needs.resampled else f" (about {estimate:.0f} after resampling to {list(needs.resampled)} mm)"
+            raise CaseError(cid, f"{where} has {n} voxel(s){about}, fewer than the parameter file's minimumROISize "
+                                 f"= {needs.min_size}: the handcrafted route would fail on this case")
+    return warnings
+
+
 def check_routes(config: Config) -> list[str]:
-    """Problems of the feature routes' settings that show before any case is read
-    (for the deep route: backbone, layer, input size, device, weights on this machine)."""
-    from .learned.build import check_learned  # learned route: backbone, weights, layer of each experiment
+    """Every configured route's settings problems that show before any case is read (the
+    handcrafted parameter file and its use; the deep route's backbone, layer, input size,
+    device, weights on this machine), all at once."""
+    from .features.routes import route_problems
 
-    learned = check_learned(config)
-    if config.features.deep is None:
-        return learned
-    from .features.deep import check_deep_config  # imports torch: only when the route is used
-
-    return check_deep_config(config) + learned
+    return route_problems(config)
 
 
 def check_output_writable(path: Path) -> str | None:
-    """None when ``path`` can be created and written, else the reason."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".radiodeep-write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as err:
-        return f"output folder {path} is not writable: {err.strerror or err}"
-    return None
+    """None when ``path`` can be created and written, else the reason (a unique probe name:
+    processes probing one folder together never disturb each other)."""
+    from .outdir import check_writable
+
+    return check_writable(path)

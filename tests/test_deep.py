@@ -161,16 +161,16 @@ def test_batch_size_does_not_change_the_values(tmp_path, cohort_files):
 
 def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
     config, cohort = _setup(tmp_path, cohort_files[1], **FAST)
-    qc = []
-    res = extract_deep(cohort, config, progress=False, qc=qc)
+    res = extract_deep(cohort, config, progress=False, previews=True)
+    qc = res.previews
     assert list(res.features.index) == ["c0", "c1", "c2"]
     assert len(res.failures) == 1
     f = res.failures[0]
     assert f.case_id == "empty" and f.stage == "deep" and "empty" in f.reason
     assert [c for c, _ in qc] == ["c0", "c1", "c2"]
     assert all(g.shape == (64, 64) for _, g in qc)
-    qc2 = []
-    again = extract_deep(cohort, config, progress=False, qc=qc2)  # cached cases still give QC crops
+    again = extract_deep(cohort, config, progress=False, previews=True)  # cached cases still give previews
+    qc2 = again.previews
     assert again.provenance["cache"]["cached"] == 3 and [c for c, _ in qc2] == ["c0", "c1", "c2"]
     assert len(again.failures) == 1
 
@@ -179,14 +179,12 @@ def test_qc_shows_what_the_network_sees(tmp_path, cohort_files):
     """Composite strategies show their RGB input; 'all' slices show every slice, labelled."""
     config, cohort = _setup(tmp_path / "w", cohort_files[0], channels="ct_windows", **FAST,
                             roi_cfg={"intensity": {"windows": ["lung", "mediastinum", "bone"]}})
-    qc = []
-    extract_deep(cohort, config, progress=False, qc=qc)
+    qc = extract_deep(cohort, config, progress=False, previews=True).previews
     views = _views(config, cohort, "c1")
     assert [c for c, _ in qc] == ["c0", "c1", "c2"]
     np.testing.assert_array_equal(dict(qc)["c1"], views.views["ct_windows"][0])  # (3, 64, 64) RGB
     config, cohort = _setup(tmp_path / "a", cohort_files[0], roi_cfg={"slice": "all"}, **FAST)
-    qc = []
-    extract_deep(cohort, config, progress=False, qc=qc)
+    qc = extract_deep(cohort, config, progress=False, previews=True).previews
     views = _views(config, cohort, "c1")
     assert len(views.slice_indices) > 1
     labels = [c for c, _ in qc if c.startswith("c1 ")]
@@ -197,9 +195,9 @@ def test_qc_shows_what_the_network_sees(tmp_path, cohort_files):
 def test_preparation_in_worker_processes_gives_the_same_table(tmp_path, cohort_files):
     serial, cohort = _setup(tmp_path / "1", cohort_files[1], **FAST)
     workers, _ = _setup(tmp_path / "2", cohort_files[1], execution={"n_jobs": 2}, **FAST)
-    qc1, qc2 = [], []
-    a = extract_deep(cohort, serial, progress=False, qc=qc1)
-    b = extract_deep(cohort, workers, progress=False, qc=qc2)
+    a = extract_deep(cohort, serial, progress=False, previews=True)
+    b = extract_deep(cohort, workers, progress=False, previews=True)
+    qc1, qc2 = a.previews, b.previews
     assert list(b.features.index) == ["c0", "c1", "c2"]  # cohort order, whatever the completion order
     np.testing.assert_allclose(a.features.to_numpy(), b.features.to_numpy(), rtol=1e-5, atol=1e-7)
     assert [(f.case_id, f.stage, f.reason) for f in a.failures] == [(f.case_id, f.stage, f.reason) for f in b.failures]

@@ -14,16 +14,16 @@ from sklearn.pipeline import Pipeline
 
 from radiodeep.config import CLASSIFIERS, EvaluationConfig, ExperimentConfig
 from radiodeep.evaluation import (
+    pairwise_delong,
     EvaluationResult,
-    build_pipeline,
-    compare,
     delong_ci,
     delong_test,
     evaluate,
     wilson_ci,
 )
+from radiodeep.experiment import build_pipeline
 from radiodeep.selection import ReliefF, RouteTopK, SymmetricUncertainty
-from radiodeep.stats import binary_metrics
+from radiodeep.stats import binary_metrics, delong_variance
 
 ROOT = Path(__file__).resolve().parents[1]
 LOO = EvaluationConfig(scheme="loo", seed=0)
@@ -210,9 +210,16 @@ def test_repeated_kfold_is_reproducible_and_averages_repeats():
     assert len(p) == 30 * 4 and sorted(p["repeat"].unique()) == [0, 1, 2, 3]
     assert p.groupby("repeat")["case_id"].nunique().eq(30).all()
     assert set(p["fold"]) == {0, 1, 2}
-    per_repeat = [binary_metrics(g["y_true"], g["score"], g["y_pred"])["auc"] for _, g in p.groupby("repeat")]
-    assert a.metrics["auc"] == pytest.approx(np.mean(per_repeat))
-    assert a.metrics["repeats"] == 4 and a.metrics["n"] == 30
+    # one definition: all repeats pooled, each case once per repeat (the ROC curve's area)
+    from sklearn.metrics import roc_auc_score
+
+    assert a.metrics["auc"] == pytest.approx(roc_auc_score(p["y_true"], p["score"]), abs=1e-12)
+    tp = int(((p.y_true == 1) & (p.y_pred == 1)).sum())
+    fn = int(((p.y_true == 1) & (p.y_pred == 0)).sum())
+    assert (a.metrics["tp"], a.metrics["fn"]) == (tp, fn)
+    assert a.metrics["tp"] + a.metrics["fn"] + a.metrics["tn"] + a.metrics["fp"] == 30 * 4
+    assert a.metrics["sensitivity"] == tp / (tp + fn)
+    assert a.metrics["repeats"] == 4 and a.metrics["n"] == 30 and a.metrics["n_pos"] == int(y.sum())
     assert a.selection_frequency.sum() == pytest.approx(4.0)
     other = evaluate(pipe, X, y, EvaluationConfig(scheme="repeated_kfold", folds=3, repeats=4, seed=3))
     assert not other.predictions["fold"].equals(p["fold"])
@@ -346,14 +353,50 @@ def test_wilson_ci_known_values():
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     assert wilson_ci(36, 40, level=0.99)[0] < wilson_ci(36, 40)[0]
     assert all(math.isnan(v) for v in wilson_ci(0, 0))
+    # scipy's own Wilson interval (no continuity correction), at several levels
+    from scipy.stats import binomtest
+
+    for k, n, level in ((81, 263, 0.95), (8, 10, 0.95), (3, 40, 0.99), (17, 17, 0.9)):
+        ref = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+        assert wilson_ci(k, n, level) == pytest.approx((ref.low, ref.high), abs=1e-12)
 
 
-def test_compare_two_experiments_on_the_same_cases():
+def test_pairwise_delong_uses_the_metrics_auc_and_the_definition():
     X, y, routes = _signal(n=30)
     a = evaluate(build_pipeline(_exp("a", ["deep", "handcrafted"], {"method": "relieff", "k": 4},
                                      "naive_bayes"), routes, 0), X, y, LOO, experiment="a")
     b = evaluate(build_pipeline(_exp("b", ["deep"], {"method": "none"}, "naive_bayes"), routes, 0),
                  X[routes["deep"]], y, LOO, experiment="b")
-    r = compare(a, b)
-    assert r["auc_a"] == pytest.approx(a.metrics["auc"]) and r["auc_b"] == pytest.approx(b.metrics["auc"])
-    assert 0 <= r["p"] <= 1
+    table = pairwise_delong(pd.concat([a.predictions, b.predictions], ignore_index=True))
+    assert len(table) == 1
+    r = table.iloc[0]
+    assert (r["experiment_a"], r["experiment_b"], r["n"]) == ("a", "b", 30)
+    assert r["auc_a"] == a.metrics["auc"] and r["auc_b"] == b.metrics["auc"]
+    yt = a.predictions["y_true"].to_numpy()
+    auc_a, auc_b, z = _delong_by_placements(yt, a.predictions["score"].to_numpy(),
+                                            b.predictions["score"].to_numpy())
+    assert r["z"] == pytest.approx(z, rel=1e-9)
+
+
+def test_repeats_of_identical_scores_do_not_narrow_the_intervals():
+    """Clustered by case, R identical repeats give one repeat's AUC, variance and Wilson bounds."""
+    rng = np.random.default_rng(5)
+    y = np.r_[np.ones(12, int), np.zeros(17, int)]
+    s = y + rng.normal(size=29)
+    s2 = 0.5 * y + rng.normal(size=29)
+    ids = np.array([f"c{i:02d}" for i in range(29)])
+    R = 5
+    yr, sr, s2r, idr = np.tile(y, R), np.tile(s, R), np.tile(s2, R), np.tile(ids, R)
+    one = delong_variance(y, s)
+    rep = delong_variance(yr, sr, groups=idr)
+    assert rep[0] == pytest.approx(one[0], abs=1e-12) and rep[1] == pytest.approx(one[1], rel=1e-9)
+    # without the grouping the same rows would claim a far smaller variance
+    assert delong_variance(yr, sr)[1] < one[1] / 3
+    t1, tr = delong_test(y, s, s2), delong_test(yr, sr, s2r, groups=idr)
+    assert tr["z"] == pytest.approx(t1["z"], rel=1e-9)
+    yp = (s > 0.5).astype(int)
+    m1 = binary_metrics(y, s, yp)
+    mr = binary_metrics(yr, sr, np.tile(yp, R), groups=idr)
+    assert mr["tp"] == R * m1["tp"] and mr["n"] == 29 and mr["repeats"] == R
+    for key in ("sensitivity", "sensitivity_ci_low", "specificity_ci_high", "accuracy_ci_low", "auc_ci_low"):
+        assert mr[key] == pytest.approx(m1[key], abs=1e-12), key

@@ -14,7 +14,8 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from radiodeep.config import CLASSIFIERS, ClassifierConfig
-from radiodeep.models import RandomForest, build_classifier
+from radiodeep.experiment import build_classifier
+from radiodeep.sklearn_compat import RandomForest
 
 
 def _cfg(name, **kw):
@@ -123,3 +124,54 @@ def test_random_forest_falls_back_to_sklearn_outside_the_plain_case():
 })
 def test_random_forest_sklearn_checks(estimator, check):
     check(estimator)
+
+
+# --------------------------------------------------------------------------- compatibility module
+def _reset_check(monkeypatch):
+    from radiodeep import sklearn_compat
+
+    monkeypatch.setattr(sklearn_compat, "_CHECK", {})
+    return sklearn_compat
+
+
+def test_fast_forest_self_check_passes_on_the_installed_sklearn(monkeypatch):
+    compat = _reset_check(monkeypatch)
+    assert compat.fast_forest_ok()
+    assert compat._CHECK == {"ok": True, "why": None}
+
+
+def test_fast_forest_falls_back_with_a_warning_when_internals_differ(monkeypatch):
+    # a scikit-learn whose "best" splitter grew other trees: the self-check must see it
+    compat = _reset_check(monkeypatch)
+    real = compat._tree_internals
+
+    def changed():
+        criteria, splitters, tree, builder = real()
+        return criteria, {**splitters, "best": splitters["random"]}, tree, builder
+
+    monkeypatch.setattr(compat, "_tree_internals", changed)
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 6))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.warns(RuntimeWarning, match="fast random forest is off.*different trees"):
+        ours = RandomForest(n_estimators=12, random_state=2).fit(X, y)
+    assert not ours._fast_fitted
+    _same_forest(RandomForestClassifier(n_estimators=12, random_state=2).fit(X, y), ours, X)
+
+
+def test_fast_forest_refuses_an_untested_sklearn(monkeypatch):
+    compat = _reset_check(monkeypatch)
+    monkeypatch.setattr(compat, "_version", lambda: (9, 0))
+    with pytest.warns(RuntimeWarning, match="outside the tested range"):
+        assert not compat.fast_forest_ok()
+
+
+def test_pyproject_pins_the_tested_sklearn_range():
+    import re
+    from pathlib import Path
+
+    from radiodeep.sklearn_compat import TESTED_SKLEARN
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    lo, hi = TESTED_SKLEARN
+    assert re.search(rf'"scikit-learn>={lo[0]}\.{lo[1]},<{hi[0]}\.{hi[1] + 1}"', text)

@@ -11,13 +11,13 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from radiodeep.config import SelectConfig
+from radiodeep.experiment import build_selector
 from radiodeep.selection import (
     CorrelationFilter,
     ReliefF,
     RouteTopK,
     SymmetricUncertainty,
     _java_random_indices,
-    build_selector,
     loo_fits,
     mdl_cut_points,
 )
@@ -25,6 +25,11 @@ from radiodeep.selection import (
 
 # --------------------------------------------------------------------------- sklearn conformance
 @parametrize_with_checks([
+    # every selector as constructed by default, then with typical settings
+    ReliefF(),
+    SymmetricUncertainty(),
+    RouteTopK(),
+    CorrelationFilter(),
     ReliefF(k=2),
     ReliefF(k=1, n_neighbors=3, sample_size=5, random_state=3),
     SymmetricUncertainty(k=2),
@@ -316,13 +321,13 @@ def test_route_topk_unites_each_route_s_best():
     # ranking interleaves the routes by within-route rank
     first_two = [X.columns[i] for i in sel.ranking_[:2]]
     assert first_two == ["alexnet_fc7_r_0007", "original_f2"]
-    # per-route k as a mapping, routes as index lists, routes from 'route:' prefixes
+    # per-route k as a mapping, routes as index lists; no routes: one route of every column
     sel2 = RouteTopK(SymmetricUncertainty(), routes=[list(range(12)), list(range(12, 18))],
                      k_per_route={"route0": 1, "route1": 3}).fit(X.to_numpy(), y)
     assert sel2.get_support()[:12].sum() == 1 and sel2.get_support()[12:].sum() == 3
-    pref = X.rename(columns=lambda c: ("deep:" if c.startswith("alexnet") else "handcrafted:") + c)
-    sel3 = RouteTopK(ReliefF(), k_per_route=2).fit(pref, y)
-    assert np.array_equal(sel3.get_support(), sel.get_support())
+    sel3 = RouteTopK(ReliefF(), k_per_route=3).fit(X, y)
+    assert np.array_equal(sel3.get_support(), ReliefF(k=3).fit(X, y).get_support())
+    assert list(sel3.routes_) == ["all"]
 
 
 def test_route_topk_errors():
@@ -332,7 +337,7 @@ def test_route_topk_errors():
     with pytest.raises(ValueError, match="belongs to routes"):
         RouteTopK(ReliefF(), routes={"a": [0, 1], "b": [1, 2]}, k_per_route=1).fit(X.to_numpy(), y)
     with pytest.raises(ValueError, match="feature names"):
-        RouteTopK(ReliefF(), k_per_route=1).fit(X.to_numpy(), y)
+        RouteTopK(ReliefF(), routes={"deep": ["alexnet_fc7_r_0007"]}, k_per_route=1).fit(X.to_numpy(), y)
 
 
 def test_correlation_filter_drops_the_worse_of_a_correlated_pair():

@@ -17,7 +17,7 @@ def test_roundtrip_keeps_names_order_and_values(tmp_path):
     store.save("p/01 a", row, fingerprint="abc", diagnostics={"slice": 3})
     assert store.load("p/01 a") == row
     assert list(store.load("p/01 a", "abc")) == list(row)
-    assert store.load_diagnostics("p/01 a") == {"slice": 3}
+    assert store.load_entry("p/01 a").diagnostics == {"slice": 3}
     assert store.load("p/01 a", "other-inputs") is None  # edited inputs are recomputed
     assert store.path("p/01 a").parent == store.dir  # ids with odd characters stay inside
 
@@ -35,15 +35,37 @@ def test_damaged_entry_is_recomputed_not_fatal(tmp_path):
     store.save("c1", {"f": 1.0})
     store.path("c1").write_bytes(b"truncated")
     assert store.load("c1") is None
+    assert store.damaged == ["c1"]
     assert not any(p.suffix == ".tmp" for p in store.dir.iterdir())
 
 
-def test_table_and_fingerprint(tmp_path):
-    store = FeatureStore(tmp_path, "deep", {})
-    store.save("c2", {"f": 2.0, "g": 3.0})
-    store.save("c1", {"f": 1.0, "g": 0.5})
-    df = store.table(["c1", "c2", "missing"])
-    assert df.index.tolist() == ["c1", "c2"] and df.loc["c2", "g"] == 3.0
+def _rewrite(path, **changes):
+    """Rewrite a cache entry with some arrays changed, keeping it a well-formed .npz."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def test_edited_but_well_formed_entry_fails_its_checksum_and_is_counted(tmp_path, caplog):
+    store = FeatureStore(tmp_path, "handcrafted", {})
+    store.save("c1", {"f": 1.5, "g": -2.0}, fingerprint="fp", diagnostics={"d": "x"})
+    store.save("c2", {"f": 3.0, "g": 4.0}, fingerprint="fp")
+    with np.load(store.path("c1")) as z:
+        doubled = z["values"] * 2
+    _rewrite(store.path("c1"), values=doubled)  # same fingerprint, same names: only values edited
+    _rewrite(store.path("c2"), diagnostics=np.array('{"d": "forged"}'))
+    with caplog.at_level("WARNING"):
+        assert store.load("c1", "fp") is None
+        assert store.load_entry("c2", "fp") is None
+    assert store.damaged == ["c1", "c2"]
+    assert "case c1" in caplog.text and "checksum" in caplog.text
+    store.save("c1", {"f": 1.5, "g": -2.0}, fingerprint="fp")
+    assert store.load("c1", "fp") == {"f": 1.5, "g": -2.0}
+
+
+def test_fingerprint_follows_the_file(tmp_path):
     f = tmp_path / "img.nrrd"
     f.write_bytes(b"1234")
     fp = file_fingerprint(f)

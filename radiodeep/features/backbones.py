@@ -354,11 +354,12 @@ def _load_into(model: nn.Module, sd: dict, name: str) -> nn.Module:
     return model
 
 
-def load_backbone(name: str, weights: str | Path | None, base_dir: Path | str | None = None
+def load_backbone(name: str, weights: "str | Path | WeightsSource | None", base_dir: Path | str | None = None
                   ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model in eval mode (no gradients) and the provenance of its weights."""
+    """The model in eval mode (no gradients) and the provenance of its weights. ``weights`` may
+    be a :class:`WeightsSource` already resolved (the deep route resolves once)."""
     spec = get_spec(name)
-    src = resolve_weights(name, weights, base_dir)
+    src = weights if isinstance(weights, WeightsSource) else resolve_weights(name, weights, base_dir)
     prov = weights_provenance(src)
     if spec.family == "matconvnet":
         from .matconvnet import load_simplenn
@@ -440,10 +441,6 @@ class FeatureExtractor:
         self.layer = layer
         self.activation = activation
         self.tap = LayerTap(model, self.tap_spec.path, self.tap_spec.where)
-
-    @property
-    def module_path(self) -> str:
-        return self.tap_spec.path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -13,9 +13,14 @@ this process feeds the network; only the current batch (a preallocated ``batch_s
 buffer, NHWC) and the cases it touches are held; each case is written to the per-case
 cache as soon as its last crop leaves the network, so an interrupted run resumes
 where it stopped.
-The cache key (:func:`deep_settings`) holds everything that changes the values:
-backbone, layer, activation, weights identity (sha256 of the file), channel
-strategy, slice pooling and the ROI settings.
+The route follows :mod:`radiodeep.features.routes`: :func:`settings_from_config` makes
+the frozen :class:`DeepSettings` slice once (weights located once), and that slice is
+the cache key: backbone, layer, activation, weights identity (sha256 of the file),
+channel strategy, slice pooling, the ROI settings and the cohort's geometry policy
+(which also applies to MR sequences); batch size, device and threads are not. A case
+that fails for any reason is one failure (stage ``deep``); the route goes on, as the
+handcrafted route does. Contact-sheet previews come back in the result
+(``context.previews``), not through a side channel.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +37,10 @@ import pandas as pd
 import torch
 
 from .. import roi
-from ..config import Config
+from ..config import Config, RoiConfig
 from ..errors import CaseError, CaseFailure
-from ..execution import WorkerDied, map_cases
-from ..imageio import read_case_images, read_image
+from ..execution import map_cases
+from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
 from ..qc import network_view_items
 from .backbones import (
     check_input_size,
@@ -47,45 +53,77 @@ from .backbones import (
     resolve_weights,
     weights_identity,
     weights_provenance,
+    WeightsSource,
 )
+from .routes import RouteSettings, RunContext
 from .store import FeatureStore, RouteResult, file_fingerprint
 
-__all__ = ["deep_settings", "extract_deep", "feature_names", "pick_device", "ROUTE"]
+__all__ = ["DeepSettings", "settings_from_config", "config_problems", "extract", "deep_settings",
+           "extract_deep", "feature_names", "pick_device", "ROUTE"]
 
 log = logging.getLogger(__name__)
 
 ROUTE = "deep"
-SCHEMA = 1  # bump when the way values are computed changes (invalidates every cached row)
+SCHEMA = 2  # bump when the way values are computed changes (invalidates every cached row)
 
 
 # --------------------------------------------------------------------------- settings
-def deep_settings(config: Config) -> dict[str, Any]:
-    """Everything that affects the deep features' values: the cache key and its provenance.
+def _runtime(default=None):
+    return field(default=default, metadata={"cache_key": False})
 
-    Batch size, device and threads are left out (they do not change the values beyond
-    floating-point rounding). Raises :class:`~radiodeep.features.backbones.WeightsNotFound`
-    when the weights are not on this machine.
-    """
+
+@dataclass(frozen=True)
+class DeepSettings(RouteSettings):
+    """The deep route's slice of the config. Every field is in the cache key except the
+    runtime ones (batch size, device, threads: they do not change the values beyond
+    floating-point rounding) and the resolved weights file (its identity is keyed)."""
+
+    schema: int
+    backbone: str
+    layer: str
+    module: str
+    tap: str
+    activation: str
+    weights: dict  # identity: sha256 of the file, or the random-init recipe
+    normalisation: dict
+    channels: str
+    slice_pooling: str
+    roi: dict
+    sequences: list | None
+    geometry: GeometryPolicy
+    weights_source: WeightsSource = _runtime()  # resolved once; read by the network loader
+    batch_size: int = _runtime(32)
+    device: str = _runtime("auto")
+    threads: int | None = _runtime()
+
+    @property
+    def roi_config(self) -> RoiConfig:
+        return RoiConfig.model_validate(self.roi)
+
+
+def settings_from_config(config: Config) -> DeepSettings:
+    """The deep route's settings, weights located once. Raises the first settings problem
+    (:func:`config_problems` lists them all) as its own type (``WeightsNotFound``, ``ValueError``)."""
     deep = _deep_config(config)
+    errors = deep_config_errors(config)
+    if errors:
+        raise errors[0][1]
     spec = get_spec(deep.backbone)
     tap = resolve_layer(spec, deep.layer, deep.activation)
     src = resolve_weights(deep.backbone, deep.weights, config.base_dir)
-    return {
-        "route": ROUTE,
-        "schema": SCHEMA,
-        "backbone": deep.backbone,
-        "layer": deep.layer,
-        "module": tap.path,
-        "tap": tap.where,
-        "activation": deep.activation,
-        "weights": weights_identity(src),
-        "normalisation": normalisation_provenance(deep.backbone),
-        "channels": deep.channels,
-        "slice_pooling": deep.slice_pooling,
-        "roi": config.roi.model_dump(mode="json"),
-        "sequences": list(config.cohort.sequences or []) if deep.channels == "sequences" else None,
-        "resample_mask": config.cohort.resample_mask,
-    }
+    return DeepSettings(
+        schema=SCHEMA, backbone=deep.backbone, layer=deep.layer, module=tap.path, tap=tap.where,
+        activation=deep.activation, weights=weights_identity(src),
+        normalisation=normalisation_provenance(deep.backbone), channels=deep.channels,
+        slice_pooling=deep.slice_pooling, roi=config.roi.model_dump(mode="json"),
+        sequences=list(config.cohort.sequences or []) if deep.channels == "sequences" else None,
+        geometry=GeometryPolicy.of(config.cohort), weights_source=src, batch_size=deep.batch_size,
+        device=deep.device, threads=deep.threads)
+
+
+def deep_settings(config: Config) -> dict[str, Any]:
+    """The deep route's cache key as data (:meth:`DeepSettings.key_dict`)."""
+    return settings_from_config(config).key_dict()
 
 
 def _deep_config(config: Config):
@@ -137,6 +175,11 @@ def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
     return errors
 
 
+def config_problems(config: Config) -> list[str]:
+    """Every problem of the deep route's settings, as messages (the route interface)."""
+    return check_deep_config(config)
+
+
 def check_deep_config(config: Config) -> list[str]:
     """:func:`deep_config_errors` as messages, each led by its config key."""
     return [str(err) if str(err).startswith(key) else f"{key}: {err}" for key, err in deep_config_errors(config)]
@@ -149,16 +192,17 @@ def _check_min_size(spec, size: int) -> None:
 
 # --------------------------------------------------------------------------- per case
 def _fingerprint(case) -> str:
-    return f"{file_fingerprint(case.image, case.mask, *case.sequences)}:label={case.mask_label}"
+    roi = f":roi={case.roi_name}" if getattr(case, "roi_name", None) else ""  # RTSTRUCT/SEG structure
+    return f"{file_fingerprint(case.image, case.mask, *case.sequences)}:label={case.mask_label}{roi}"
 
 
-def _prepare_views(case, config: Config):
-    """Read one case and make its network inputs (runs in a worker process when n_jobs > 1)."""
-    image, mask = read_case_images(case, config.cohort.geometry_tolerance, config.cohort.resample_mask)
-    sequences = None
-    if config.features.deep.channels == "sequences":
-        sequences = [read_image(p, case.case_id, f"sequence {i + 1}") for i, p in enumerate(case.sequences)]
-    return roi.prepare_case(image, mask, config.roi, config.features.deep.channels, case.case_id,
+def _prepare_views(case, settings: DeepSettings):
+    """Read one case and make its network inputs (runs in a worker process when n_jobs > 1).
+    Image, mask and sequences follow the cohort's one geometry policy."""
+    geo = settings.geometry
+    image, mask = read_case_images(case, geo.tolerance, geo.resample_mask)
+    sequences = read_case_sequences(case, image, geo.tolerance) if settings.channels == "sequences" else None
+    return roi.prepare_case(image, mask, settings.roi_config, settings.channels, case.case_id,
                             sequences=sequences)
 
 
@@ -238,64 +282,71 @@ class _Batcher:
 
 
 # --------------------------------------------------------------------------- the route
-def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | None = None) -> RouteResult:
+def extract_deep(cohort, config: Config, *, progress: bool = True, previews: bool = False) -> RouteResult:
+    """:func:`extract` with the settings and run context taken from ``config``."""
+    return extract(cohort, settings_from_config(config),
+                   RunContext.from_config(config, progress=progress, previews=previews))
+
+
+def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     """Deep features for every case of ``cohort``: a :class:`RouteResult` for route ``deep``.
 
-    Cached cases (same settings, same input files) are not recomputed. A case that
-    cannot be read or cropped, or whose features are not finite, becomes a
-    :class:`CaseFailure` (stage ``deep``); the others go on. When ``qc`` is a list,
-    ``(label, crop)`` items of :func:`~radiodeep.qc.network_view_items` (every slice; the RGB
-    input for composite strategies) are appended for every case in cohort order, cached ones
-    included (those are read and cropped again, not run through the network). Reading and
-    cropping run in ``execution.n_jobs`` worker processes (or on Dask) while this process
-    feeds the network; at most ``2 * n_jobs`` prepared cases wait at a time.
+    Cached cases (same settings, same input files, intact checksum) are not recomputed. A
+    case that cannot be read or cropped, fails for any other reason, or whose features are
+    not finite becomes a :class:`CaseFailure` (stage ``deep``); the others go on. With
+    ``context.previews``, the result's ``previews`` hold ``(label, crop)`` items of
+    :func:`~radiodeep.qc.network_view_items` (every slice; the RGB input for composite
+    strategies) for every case in cohort order, cached ones included (those are read and
+    cropped again, not run through the network). Reading and cropping run in
+    ``context.n_jobs`` worker processes (or on Dask) while this process feeds the network;
+    at most ``2 * n_jobs`` prepared cases wait at a time.
     """
-    deep = _deep_config(config)
-    errors = deep_config_errors(config)
-    if errors:  # the first, as its own type (WeightsNotFound, ValueError); validate lists them all
-        raise errors[0][1]
-    settings = deep_settings(config)
-    size = config.roi.size
-    device = pick_device(deep.device)
-    store = FeatureStore(config.cache_dir, ROUTE, settings)
-    weights_prov = weights_provenance(resolve_weights(deep.backbone, deep.weights, config.base_dir))
+    size = settings.roi["size"]
+    device = pick_device(settings.device)
+    store = FeatureStore(context.cache_dir, ROUTE, settings.key_dict())
+    weights_prov = weights_provenance(settings.weights_source)
+    want_previews = context.previews
 
     rows: dict[str, np.ndarray] = {}
     diags: dict[str, dict] = {}
     names: list[str] | None = None
     names_of: dict[tuple[str, int], list[str]] = {}  # built once: 4096 formatted names cost milliseconds
     failures: list[CaseFailure] = []
-    qc_crops: dict[str, list[tuple[str, np.ndarray]]] = {}
+    preview_items: dict[str, list[tuple[str, np.ndarray]]] = {}
     prints: dict[str, str] = {}
     cached: set[str] = set()
     todo = []
     for case in cohort.cases:
         cid = case.case_id
         prints[cid] = _fingerprint(case)
-        row = store.load(cid, prints[cid])
-        if row is None:
+        entry = store.load_entry(cid, prints[cid])
+        if entry is None:
             todo.append(case)
             continue
+        row = entry.features
         if names is None:
             names = list(row)
         if len(row) != len(names) or list(row) != names:
             raise RuntimeError(f"case {cid}: cached deep features in {store.dir} have other column names "
                                "than the rest; delete that folder and run again")
         rows[cid] = np.fromiter(row.values(), dtype=np.float64, count=len(names))
-        diags[cid] = store.load_diagnostics(cid)
+        diags[cid] = entry.diagnostics
         cached.add(cid)
-        if qc is not None:
-            todo.append(case)  # read and cropped again for its QC image only
+        if want_previews:
+            todo.append(case)  # read and cropped again for its preview only
+    if store.damaged:
+        log.warning("deep: %d damaged cache entr%s recomputed: %s", len(store.damaged),
+                    "y" if len(store.damaged) == 1 else "ies", ", ".join(store.damaged))
 
     def case_done(p: _Pending) -> None:
         nonlocal names
-        pooled = p.result(deep.slice_pooling)
+        pooled = p.result(settings.slice_pooling)
         parts, case_names = [], []
         for tag, vec in pooled.items():
             parts.append(vec)
             key = (tag, vec.size)
             if key not in names_of:
-                names_of[key] = feature_names(deep.backbone, deep.layer, tag, vec.size)
+                names_of[key] = feature_names(settings.backbone, settings.layer, tag, vec.size)
             case_names += names_of[key]
         values = np.concatenate(parts)
         bad = int(np.count_nonzero(~np.isfinite(values)))
@@ -309,47 +360,47 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         diags[p.case_id] = p.diagnostics
 
     old_threads = torch.get_num_threads()
-    ex = config.execution
     batcher = None
     try:
-        if deep.threads:
-            torch.set_num_threads(deep.threads)
-        for case, views in map_cases(partial(_prepare_views, config=config), todo, n_jobs=ex.n_jobs,
-                                     backend=ex.backend, address=ex.address, progress=progress,
-                                     desc="deep features"):
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        for case, views in map_cases(partial(_prepare_views, settings=settings), todo, n_jobs=context.n_jobs,
+                                     backend=context.backend, address=context.address,
+                                     progress=context.progress, desc="deep features"):
             cid = case.case_id
             if isinstance(views, BaseException):
                 if cid in cached:
-                    continue  # the row stays valid (same files, same settings): only its QC image is missing
-                if isinstance(views, (CaseError, WorkerDied)):
-                    failures.append(CaseFailure(cid, ROUTE, getattr(views, "reason", None) or str(views)))
-                    continue
-                views.add_note(f"while preparing case {cid} for the deep route")
-                raise views
-            if qc is not None:
-                qc_crops[cid] = network_view_items(views, deep.channels)
+                    continue  # the row stays valid (same files, same settings): only its preview is missing
+                # one policy for every route: a case that fails, for whatever reason, fails alone
+                reason = getattr(views, "reason", None) or CaseFailure.from_error(views, cid, ROUTE).reason
+                failures.append(CaseFailure(cid, ROUTE, reason))
+                continue
+            if want_previews:
+                preview_items[cid] = network_view_items(views, settings.channels)
             if cid in cached:
                 continue
             if batcher is None:  # the network is loaded only when some case needs it
-                model, loaded = load_backbone(deep.backbone, deep.weights, config.base_dir)
+                model, loaded = load_backbone(settings.backbone, settings.weights_source)
                 weights_prov.update(loaded)
-                check_input_size(model, deep.backbone, size)
+                check_input_size(model, settings.backbone, size)
                 model.to(device=device, memory_format=torch.channels_last)  # as the batches are
-                batcher = _Batcher(feature_extractor(model, deep.backbone, deep.layer, deep.activation),
-                                   normalisation_affine(model, deep.backbone), deep.batch_size, size, device,
-                                   deep.slice_pooling, case_done)
+                batcher = _Batcher(feature_extractor(model, settings.backbone, settings.layer,
+                                                     settings.activation),
+                                   normalisation_affine(model, settings.backbone), settings.batch_size, size,
+                                   device, settings.slice_pooling, case_done)
             n = sum(int(v.shape[0]) for v in views.views.values())
             diagnostics = {"slices": list(views.slice_indices), "notes": list(views.notes)}
-            batcher.add_case(_Pending(cid, prints[cid], n, diagnostics), views.views)
+            try:
+                batcher.add_case(_Pending(cid, prints[cid], n, diagnostics), views.views)
+            except ValueError as err:  # a view of the wrong shape: this case only
+                failures.append(CaseFailure(cid, ROUTE, str(err)))
         if batcher is not None:
             batcher.flush()
     finally:
         torch.set_num_threads(old_threads)
 
-    if qc is not None:
-        for c in cohort.cases:
-            qc.extend(qc_crops.get(c.case_id, ()))
-    tags = roi.view_tags(deep.channels)
+    previews = [item for c in cohort.cases for item in preview_items.get(c.case_id, ())]
+    tags = roi.view_tags(settings.channels)
     ids = [c.case_id for c in cohort.cases if c.case_id in rows]
     if ids:
         table = pd.DataFrame(np.vstack([rows[c] for c in ids]), index=pd.Index(ids, name="case_id"),
@@ -360,18 +411,24 @@ def extract_deep(cohort, config: Config, *, progress: bool = True, qc: list | No
         {"deep_slices": [";".join(str(s) for s in diags[c].get("slices", [])) for c in ids],
          "deep_notes": ["; ".join(diags[c].get("notes", [])) for c in ids]},
         index=pd.Index(ids, name="case_id"))
+    rank = {c.case_id: i for i, c in enumerate(cohort.cases)}
+    failures.sort(key=lambda f: rank.get(f.case_id, len(rank)))
     n_cached = len(cached)
+    key = settings.key_dict()
     provenance = {
-        **{k: v for k, v in settings.items() if k not in ("weights", "schema")},
+        "route": ROUTE,
+        **{k: v for k, v in key.items() if k not in ("weights", "schema", "route")},
+        "resample_mask": settings.geometry.resample_mask,
         "weights": weights_prov,
         "features_per_tag": table.shape[1] // len(tags) if ids else None,
         "tags": list(tags),
-        "batch_size": deep.batch_size,
+        "batch_size": settings.batch_size,
         "device": str(device),
-        "threads": deep.threads or old_threads,
-        "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": len(ids) - n_cached},
+        "threads": settings.threads or old_threads,
+        "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": len(ids) - n_cached,
+                  "damaged": len(store.damaged)},
         "torch": torch.__version__,
     }
     log.info("deep features: %d cases (%d cached, %d computed, %d failed)", len(ids), n_cached,
              len(ids) - n_cached, len(failures))
-    return RouteResult(ROUTE, table, failures, provenance, diagnostics)
+    return RouteResult(ROUTE, table, failures, provenance, diagnostics, previews=previews)

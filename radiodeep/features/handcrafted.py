@@ -18,10 +18,19 @@
   resampling, a NaN or infinite feature value) becomes a
   :class:`~radiodeep.errors.CaseFailure` with its reason; never a silent NaN.
 
-The ROI label comes from the cohort (``cohort.mask_label`` or the manifest's
-``mask_label`` column): masks are binarised on reading, so a ``label`` in the
-parameter file is overridden. Geometry checks are the cohort's
-(``cohort.geometry_tolerance``, ``cohort.resample_mask``).
+The ROI label is the parameter file's ``label`` unless ``cohort.mask_label`` sets
+one (naming two different labels is refused when the config is read); a manifest
+``mask_label`` column still chooses per case. Masks are binarised on reading for
+that label; the label used is recorded in the provenance. Geometry checks are the
+cohort's (:class:`~radiodeep.imageio.GeometryPolicy`).
+
+PyRadiomics' voxel-based mode (a ``voxelSetting`` section) is refused: radiodeep
+computes one value per feature and ROI. A parameter file made for 2D (``force2D``)
+is refused in ``mode: 3d`` with the advice to use ``mode: 2d``.
+
+The route follows :mod:`radiodeep.features.routes`: :func:`settings_from_config`
+makes the frozen :class:`HandcraftedSettings` slice (its cache key), :func:`extract`
+computes the table.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import logging
 import re
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,14 +52,19 @@ import SimpleITK as sitk
 import yaml
 
 from ..cohort import Case, Cohort
-from ..config import CohortConfig, Config, ConfigError, HandcraftedConfig, RoiConfig, _suggest, settings_hash
+from ..config import Config, ConfigError, HandcraftedConfig, RoiConfig, _suggest, settings_hash
 from ..errors import CaseError, CaseFailure
 from ..execution import map_cases
-from ..imageio import read_case_images
+from ..imageio import GeometryPolicy, read_case_images
+from .routes import RouteSettings, RunContext
 from .store import CacheEntry, FeatureStore, RouteResult, file_fingerprint
 
 __all__ = [
     "ROUTE",
+    "HandcraftedSettings",
+    "settings_from_config",
+    "config_problems",
+    "extract",
     "handcrafted_settings",
     "mode_params",
     "extract_case",
@@ -63,7 +77,7 @@ log = logging.getLogger(__name__)
 ROUTE = "handcrafted"
 DIAGNOSTICS_PREFIX = "diagnostics_"
 WARNINGS_KEY = "diagnostics_radiodeep_Warnings"  # PyRadiomics' warnings for the case, joined
-CACHE_FORMAT = 2  # bump when what is cached per case changes meaning
+CACHE_FORMAT = 3  # bump when what is cached per case changes meaning
 _STAGE = ROUTE
 
 
@@ -121,7 +135,23 @@ def handcrafted_settings(cfg: HandcraftedConfig, base_dir: Path | str) -> dict:
     if cfg.settings:
         params["setting"] = {**(params.get("setting") or {}), **copy.deepcopy(cfg.settings)}
     _validate(params, source)
+    _check_use(params, cfg.mode, source)
     return params
+
+
+def _check_use(params: Mapping[str, Any], mode: str, source: str) -> None:
+    """Parameters PyRadiomics accepts but radiodeep cannot honour are refused, in plain words."""
+    problems = []
+    if params.get("voxelSetting") is not None:
+        problems.append(f"{source}: a 'voxelSetting' section asks for PyRadiomics' voxel-based extraction "
+                        "(feature maps); radiodeep computes one value per feature and ROI (segment-based): "
+                        "remove the voxelSetting section")
+    if mode == "3d" and (params.get("setting") or {}).get("force2D"):
+        problems.append(f"{source}: the parameter file sets force2D: true (features on 2D slices) but "
+                        "features.handcrafted.mode is 3d: use features.handcrafted.mode: 2d (radiodeep "
+                        "chooses the slice with roi.plane and roi.slice) and remove force2D from the file")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _read_params_file(path: Path, source: str) -> dict:
@@ -251,7 +281,7 @@ def _last_line(text: str) -> str:
 
 
 def extract_case(case: Case, params: Mapping[str, Any], mode: str, roi_cfg: RoiConfig | None,
-                 cohort_cfg: CohortConfig | None) -> tuple[dict[str, float], dict[str, str]]:
+                 geometry: GeometryPolicy | None) -> tuple[dict[str, float], dict[str, str]]:
     """PyRadiomics features of one case: ``(features, diagnostics)``.
 
     Reads the image and mask here (so a worker holds one volume), applies
@@ -260,8 +290,8 @@ def extract_case(case: Case, params: Mapping[str, Any], mode: str, roi_cfg: RoiC
     including a feature that comes out NaN or infinite (named in the reason).
     """
     cid = case.case_id
-    tol = cohort_cfg.geometry_tolerance if cohort_cfg is not None else 1e-3
-    resample = cohort_cfg.resample_mask if cohort_cfg is not None else False
+    policy = GeometryPolicy.of(geometry)
+    tol, resample = policy.tolerance, policy.resample_mask
     run_params = mode_params(params, mode, roi_cfg)
     try:
         image, mask = read_case_images(case, tol=tol, resample_mask=resample)
@@ -459,26 +489,90 @@ def split_into_units(features: Mapping[str, float], units: list[CacheUnit]) -> d
 
 
 # --------------------------------------------------------------------------- the route
-def _store_settings(params: Mapping[str, Any], mode: str, config: Config) -> dict:
-    """What the cached rows depend on; any change here gives a fresh cache folder."""
-    settings = {
-        "cache_format": CACHE_FORMAT,
-        "pyradiomics": pyradiomics_version(),
-        "mode": mode,
-        # image types and classes key each cached unit instead (cache_units)
-        "params": {k: v for k, v in params.items() if k not in ("imageType", "featureClass")},
-        "input": {"geometry_tolerance": config.cohort.geometry_tolerance,
-                  "resample_mask": config.cohort.resample_mask},
-    }
-    if mode == "2d":  # the slice choice matters in 2D only
-        settings["roi"] = {"plane": config.roi.plane, "slice": config.roi.slice}
-        if _coronal_shape2d(mode_params(params, mode, config.roi)):
-            settings["coronal_shape2d"] = "axes swapped"  # rows cached before this fix lack shape2D
-    return settings
+def _no_key(default=None, **kw):
+    return field(default=default, metadata={"cache_key": False}, **kw)
+
+
+@dataclass(frozen=True)
+class HandcraftedSettings(RouteSettings):
+    """The handcrafted route's slice of the config; every keyed field is in the cache key.
+
+    The image types and feature classes are not in the store's key: they key each cached
+    unit of a row instead (:func:`cache_units`), so adding a filter computes only it."""
+
+    setting_params: dict  # the PyRadiomics parameters without imageType / featureClass
+    mode: str
+    geometry: GeometryPolicy
+    slice_choice: dict | None  # 2d only: {"plane", "slice"}
+    pyradiomics: str
+    cache_format: int = CACHE_FORMAT
+    coronal_shape2d: str | None = None
+    image_types: dict | None = _no_key()  # None: absent from the parameters
+    feature_classes: dict | None = _no_key()
+    params_file: str | None = _no_key()
+    roi_label: int = _no_key(1)  # a manifest mask_label column can still choose per case (case fingerprint)
+    label_source: str = _no_key("default")
+
+    @property
+    def params(self) -> dict:
+        """The parameters as given (the file, inline settings merged)."""
+        p = copy.deepcopy(dict(self.setting_params))
+        if self.image_types is not None:
+            p["imageType"] = copy.deepcopy(self.image_types)
+        if self.feature_classes is not None:
+            p["featureClass"] = copy.deepcopy(self.feature_classes)
+        return p
+
+    @property
+    def roi(self) -> RoiConfig:
+        return RoiConfig(plane=(self.slice_choice or {}).get("plane", "axial"),
+                         slice=(self.slice_choice or {}).get("slice", "largest"))
+
+    @property
+    def run_params(self) -> dict:
+        """The parameters PyRadiomics runs with in this mode (:func:`mode_params`)."""
+        return mode_params(self.params, self.mode, self.roi)
+
+
+def settings_from_config(config: Config) -> HandcraftedSettings:
+    """The route's settings: parameter file read, merged, validated (for the mode as well) once;
+    raises :class:`~radiodeep.config.ConfigError` listing the problems."""
+    hc = config.features.handcrafted
+    if hc is None:
+        raise ValueError("features.handcrafted is not configured")
+    params = handcrafted_settings(hc, config.base_dir)
+    run_params = mode_params(params, hc.mode, config.roi)
+    if run_params != params:
+        _validate(run_params, f"features.handcrafted (mode {hc.mode})")
+    label, source = config.roi_label()
+    choice = {"plane": config.roi.plane, "slice": config.roi.slice} if hc.mode == "2d" else None
+    return HandcraftedSettings(
+        setting_params={k: v for k, v in params.items() if k not in ("imageType", "featureClass")},
+        mode=hc.mode,
+        geometry=GeometryPolicy.of(config.cohort),
+        slice_choice=choice,
+        pyradiomics=pyradiomics_version(),
+        coronal_shape2d="axes swapped" if hc.mode == "2d" and _coronal_shape2d(run_params) else None,
+        image_types=params.get("imageType"),
+        feature_classes=params.get("featureClass"),
+        params_file=str(config.resolve(hc.params)) if hc.params is not None else None,
+        roi_label=label,
+        label_source=source,
+    )
+
+
+def config_problems(config: Config) -> list[str]:
+    """Every problem of the handcrafted settings (parameter file, schema, use), as messages."""
+    try:
+        settings_from_config(config)
+    except ConfigError as err:
+        return list(err.problems)
+    return []
 
 
 def _fingerprint(case: Case) -> str:
-    return f"{file_fingerprint(case.image, case.mask)}:{case.mask_label}"
+    roi = f":roi={case.roi_name}" if getattr(case, "roi_name", None) else ""  # RTSTRUCT/SEG structure
+    return f"{file_fingerprint(case.image, case.mask)}:{case.mask_label}{roi}"
 
 
 def _input_size(case: Case) -> int:
@@ -493,22 +587,22 @@ def _input_size(case: Case) -> int:
 
 
 def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True) -> RouteResult:
+    """:func:`extract` with the settings and run context taken from ``config``."""
+    return extract(cohort, settings_from_config(config), RunContext.from_config(config, progress=progress))
+
+
+def extract(cohort: Cohort, settings: HandcraftedSettings, context: RunContext) -> RouteResult:
     """PyRadiomics features for every case of the cohort (route ``handcrafted``).
 
-    Cached cases (same settings, same input files) are read back, the rest are
-    computed (largest inputs first, for balanced workers) and each one cached as
+    Cached cases (same settings, same input files, intact checksum) are read back, the
+    rest are computed (largest inputs first, for balanced workers) and each one cached as
     soon as it is done; a case cached under other image types or feature classes
     computes only the units it lacks (:func:`cache_units`). Failed cases are listed
     in ``failures``, never left as NaN.
     """
-    hc = config.features.handcrafted
-    if hc is None:
-        raise ValueError("features.handcrafted is not configured")
-    params = handcrafted_settings(hc, config.base_dir)
-    store = FeatureStore(config.cache_dir, ROUTE, _store_settings(params, hc.mode, config))
-    run_params = mode_params(params, hc.mode, config.roi)
-    if run_params != params:
-        _validate(run_params, f"features.handcrafted (mode {hc.mode})")
+    store = FeatureStore(context.cache_dir, ROUTE, settings.key_dict())
+    run_params = settings.run_params
+    mode = settings.mode
 
     units = cache_units(run_params)
     rows: dict[str, dict[str, float]] = {}
@@ -533,22 +627,25 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
     n_cached = len(rows)
     log.info("handcrafted: %d case(s) cached, %d to compute%s (settings %s)", n_cached, len(todo),
              f", {len(entries)} of them in part" if entries else "", store.key)
+    if store.damaged:
+        log.warning("handcrafted: %d damaged cache entr%s recomputed: %s", len(store.damaged),
+                    "y" if len(store.damaged) == 1 else "ies", ", ".join(store.damaged))
 
     # cases that lack the same units share one parameter set (usually all of them: one group)
     groups: dict[tuple[str, ...], list[Case]] = {}
     for case in todo:
         groups.setdefault(tuple(u.key for u in missing[case.case_id]), []).append(case)
-    ex = config.execution
     n_computed = 0
     computed_units: set[str] = set()
     for group in groups.values():
         part = params_for_units(run_params, missing[group[0].case_id])
         done = cache_units(part)  # every combination of the lacking units' image types and classes
         group.sort(key=_input_size, reverse=True)
-        work = functools.partial(extract_case, params=part, mode=hc.mode, roi_cfg=config.roi,
-                                 cohort_cfg=config.cohort)
-        for case, out in map_cases(work, group, n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address,
-                                   progress=progress, desc="handcrafted features"):
+        work = functools.partial(extract_case, params=part, mode=mode, roi_cfg=settings.roi,
+                                 geometry=settings.geometry)
+        for case, out in map_cases(work, group, n_jobs=context.n_jobs, backend=context.backend,
+                                   address=context.address, progress=context.progress,
+                                   desc="handcrafted features"):
             cid = case.case_id
             if isinstance(out, BaseException):
                 failures.append(CaseFailure.from_error(out, cid, _STAGE))
@@ -575,13 +672,16 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
     rank = {c.case_id: i for i, c in enumerate(cohort.cases)}
     failures.sort(key=lambda f: rank.get(f.case_id, len(rank)))
 
+    own_labels = {c.case_id: c.mask_label for c in cohort.cases if c.mask_label != settings.roi_label}
     provenance = {
         "route": ROUTE,
-        "pyradiomics_version": pyradiomics_version(),
-        "mode": hc.mode,
-        "params_file": str(config.resolve(hc.params)) if hc.params is not None else None,
-        "params": params,
+        "pyradiomics_version": settings.pyradiomics,
+        "mode": mode,
+        "params_file": settings.params_file,
+        "params": settings.params,
         "run_params": run_params,
+        "roi_label": {"label": settings.roi_label, "source": settings.label_source,
+                      "cases_with_own_label": own_labels},
         "settings": store.settings,
         "settings_hash": store.key,
         "cache_dir": str(store.dir),
@@ -589,9 +689,10 @@ def extract_handcrafted(cohort: Cohort, config: Config, *, progress: bool = True
         "n_cached": n_cached,
         "n_computed": n_computed,
         "n_computed_in_part": sum(1 for cid in entries if cid in rows),
+        "n_cache_damaged": len(store.damaged),
         "units_computed": sorted(computed_units),
         "n_failed": len(failures),
-        "execution": {"backend": ex.backend, "n_jobs": ex.n_jobs, "address": ex.address},
+        "execution": {"backend": context.backend, "n_jobs": context.n_jobs, "address": context.address},
     }
     warned = [cid for cid in order if diags.get(cid, {}).get(WARNINGS_KEY)]
     if warned:

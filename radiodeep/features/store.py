@@ -4,25 +4,32 @@ Layout: ``<root>/<route>/<settings-hash>/<case>.npz`` plus ``settings.json`` in
 each settings folder. A case's entry also records a fingerprint of its input
 files (path, size, modification time), so an edited image is recomputed while
 every other finished case is reused. Writes are atomic (temporary file, then
-rename), so a crash or Ctrl-C never leaves a half-written entry.
+rename), so a crash or Ctrl-C never leaves a half-written entry. Each entry also
+holds a SHA-256 checksum of its contents (names, values, fingerprint,
+diagnostics, units), verified on every load: an entry edited by hand or damaged
+on disk is recomputed, with a warning, and counted in :attr:`FeatureStore.damaged`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..config import settings_hash
 
-__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv"]
+__all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv", "read_features"]
+
+log = logging.getLogger(__name__)
 
 
 def file_fingerprint(*paths: Path | str) -> str:
@@ -41,11 +48,27 @@ def file_fingerprint(*paths: Path | str) -> str:
     return settings_hash(parts, n=16)
 
 
+_MAX_NAME = 120  # bytes of a cache file's stem: well inside every file system's 255 (with ".npz")
+
+
 def _safe(case_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", case_id)
+    if len(safe) > _MAX_NAME:  # a long id: a prefix to recognise it, a hash to keep it unique
+        return safe[:_MAX_NAME - 17] + "-" + settings_hash(case_id, n=16)
     if safe != case_id:  # keep distinct ids distinct after sanitising
         safe += "-" + settings_hash(case_id, n=6)
     return safe
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _share_like_others(fd: int) -> None:
+    """mkstemp makes files owner-only (0600); outputs follow the umask like every other file."""
+    os.fchmod(fd, 0o666 & ~_umask())
 
 
 @dataclass
@@ -64,6 +87,7 @@ class FeatureStore:
         self.key = settings_hash(self.settings)
         self.dir = Path(root) / route / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.damaged: list[str] = []  # case ids whose entry failed its checksum (recomputed)
         sfile = self.dir / "settings.json"
         if not sfile.exists():
             _atomic_write_bytes(sfile, json.dumps(self.settings, indent=2, sort_keys=True).encode())
@@ -72,13 +96,14 @@ class FeatureStore:
         return self.dir / f"{_safe(case_id)}.npz"
 
     def load(self, case_id: str, fingerprint: str | None = None) -> dict[str, float] | None:
-        """The cached row, or None when absent, unreadable or made from other inputs."""
+        """The cached row, or None when absent, unreadable, damaged or made from other inputs."""
         entry = self.load_entry(case_id, fingerprint)
         return None if entry is None else entry.features
 
     def load_entry(self, case_id: str, fingerprint: str | None = None) -> "CacheEntry | None":
         """Features, diagnostics and units of a cached case in one read, or None when absent,
-        unreadable or made from other inputs."""
+        unreadable, damaged (checksum mismatch: counted in :attr:`damaged`, with a warning)
+        or made from other inputs."""
         p = self.path(case_id)
         if not p.exists():
             return None
@@ -86,19 +111,19 @@ class FeatureStore:
             with np.load(p, allow_pickle=False) as z:
                 if fingerprint is not None and str(z["fingerprint"]) != fingerprint:
                     return None
-                features = dict(zip(z["names"].tolist(), z["values"].astype(float).tolist()))
-                units = json.loads(str(z["units"])) if "units" in z.files else {}
-                return CacheEntry(features, json.loads(str(z["diagnostics"])), units)
-        except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
+                names, values = z["names"], z["values"]
+                diagnostics, units = str(z["diagnostics"]), str(z["units"])
+                stored = str(z["checksum"]) if "checksum" in z.files else ""
+                intact = stored == _checksum(names, values, str(z["fingerprint"]), diagnostics, units)
+        except Exception:  # noqa: BLE001 - an unreadable entry is recomputed, not fatal
+            intact = False
+        if not intact:
+            self.damaged.append(case_id)
+            log.warning("cache entry of case %s (%s route) is damaged or was edited (checksum mismatch): "
+                        "recomputing it", case_id, self.route)
             return None
-
-    def load_diagnostics(self, case_id: str) -> dict[str, str]:
-        p = self.path(case_id)
-        with np.load(p, allow_pickle=False) as z:
-            return json.loads(str(z["diagnostics"]))
-
-    def has(self, case_id: str, fingerprint: str | None = None) -> bool:
-        return self.load(case_id, fingerprint) is not None
+        features = dict(zip(names.tolist(), values.astype(float).tolist()))
+        return CacheEntry(features, json.loads(diagnostics), json.loads(units))
 
     def save(self, case_id: str, features: Mapping[str, float], fingerprint: str = "",
              diagnostics: Mapping[str, Any] | None = None,
@@ -107,37 +132,45 @@ class FeatureStore:
         of the row were computed under which part of the settings (the handcrafted route)."""
         names = np.array(list(features.keys()), dtype=str)
         values = np.array([float(v) for v in features.values()], dtype=np.float64)
+        diag = json.dumps(dict(diagnostics or {}), default=str)
+        unit_text = json.dumps(dict(units or {}))
         p = self.path(case_id)
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         try:
+            _share_like_others(fd)
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, names=names, values=values, fingerprint=np.array(fingerprint),
-                         case_id=np.array(case_id),
-                         diagnostics=np.array(json.dumps(dict(diagnostics or {}), default=str)),
-                         units=np.array(json.dumps(dict(units or {}))))
+                         case_id=np.array(case_id), diagnostics=np.array(diag), units=np.array(unit_text),
+                         checksum=np.array(_checksum(names, values, fingerprint, diag, unit_text)))
             os.replace(tmp, p)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError) and not err.filename:  # say which file (a disk full, ...)
+                raise OSError(err.errno, err.strerror or str(err), str(p)) from err
             raise
         return p
 
-    def table(self, case_ids: Iterable[str]) -> pd.DataFrame:
-        """Cached rows for the given cases (missing cases are left out), indexed by case id."""
-        rows, ids = [], []
-        for cid in case_ids:
-            row = self.load(cid)
-            if row is not None:
-                rows.append(row)
-                ids.append(cid)
-        df = pd.DataFrame(rows, index=pd.Index(ids, name="case_id"))
-        return df
+
+def _checksum(names: np.ndarray, values: np.ndarray, fingerprint: str, diagnostics: str, units: str) -> str:
+    """SHA-256 of an entry's contents: names, the values' exact bytes, and the rest as text."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(n) for n in names.tolist()]).encode())
+    h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+    for text in (fingerprint, diagnostics, units):
+        h.update(b"\0" + str(text).encode())
+    return h.hexdigest()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        _share_like_others(fd)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]) -> Path:
@@ -145,9 +178,16 @@ def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    df.to_csv(tmp, index=True, float_format="%.10g")
-    os.replace(tmp, path)
+    try:
+        _share_like_others(fd)
+        os.close(fd)
+        # no float_format: pandas writes each float's shortest repr, which read_features reads back
+        # bit for bit (exact ties between features survive; evaluation sees the extracted numbers)
+        df.to_csv(tmp, index=True, float_format=None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     prov = dict(provenance)
     prov.setdefault("n_cases", int(df.shape[0]))
     prov.setdefault("n_features", int(df.shape[1]))
@@ -156,16 +196,25 @@ def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]
     return path
 
 
+def read_features(path: Path | str) -> pd.DataFrame:
+    """A feature table written by :func:`export_csv`: the same float64 values, bit for bit."""
+    df = pd.read_csv(path, index_col="case_id", dtype={"case_id": str}, float_precision="round_trip")
+    return df.astype(np.float64)
+
+
 class RouteResult:
-    """What a feature route hands on: a table per route, its failures and provenance."""
+    """What a feature route hands on: its table, failures, provenance, diagnostics and
+    previews for the contact sheet (``(label, image)`` items; empty unless asked for)."""
 
     def __init__(self, route: str, features: pd.DataFrame, failures: list | None = None,
-                 provenance: Mapping[str, Any] | None = None, diagnostics: pd.DataFrame | None = None):
+                 provenance: Mapping[str, Any] | None = None, diagnostics: pd.DataFrame | None = None,
+                 previews: list | None = None):
         self.route = route
         self.features = features  # index: case_id; columns: stable feature names; floats only
         self.failures = list(failures or [])  # list[radiodeep.errors.CaseFailure]
         self.provenance = dict(provenance or {})
         self.diagnostics = diagnostics  # never fed to models
+        self.previews = list(previews or [])  # [(label, 2D grey or (3, H, W) RGB array)]
 
     def __repr__(self) -> str:
         return (f"RouteResult({self.route!r}, {self.features.shape[0]} cases x "

@@ -283,7 +283,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 train_split=split,
                 iterator_train__shuffle=True, iterator_train__generator=shuffle_gen,
                 iterator_train__drop_last=drop_last,
-                callbacks=callbacks, device=str(device), verbose=0, classes=list(range(len(self.classes_))),
+                callbacks=callbacks, callbacks__print_log=None,  # verbose=0: no table to format per epoch
+                device=str(device), verbose=0, classes=list(range(len(self.classes_))),
             )
             net.augment_ = aug if aug is not None and aug.mode in ("random", "circle_random") else None
             net.aug_gen_ = aug_gen

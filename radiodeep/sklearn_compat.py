@@ -1,65 +1,85 @@
-"""Classifiers of the experiments, built from the config.
-
-``build_classifier`` turns a :class:`~radiodeep.config.ClassifierConfig` into a scikit-learn
-estimator with ``predict_proba`` or ``decision_function``:
-
-===================== ==========================================================================
-name                  estimator (extra keys of the config are its keyword arguments)
-===================== ==========================================================================
-random_forest         :class:`RandomForest` (a ``RandomForestClassifier``), 200 trees
-svm_rbf               ``StandardScaler`` + ``SVC(kernel="rbf")``: decision scores (AUC), 0 cut
-svm_linear            ``StandardScaler`` + ``SVC(kernel="linear")``
-naive_bayes           ``GaussianNB``
-logistic_regression   ``StandardScaler`` + ``LogisticRegression(max_iter=5000)``
-decision_tree         ``DecisionTreeClassifier``
-===================== ==========================================================================
-
-The seed goes to ``random_state`` (unless the config sets one); ``class_weight`` (e.g.
-``balanced``) is passed through to the models that take it.
+"""Everything radiodeep takes from scikit-learn's private tree internals, in one place.
 
 :class:`RandomForest` gives exactly what ``RandomForestClassifier`` gives with the same
 arguments (every tree, every probability), but fits and predicts several times faster on the
 small training sets of radiomics folds: the per-tree Python bookkeeping of scikit-learn (cloning,
-parameter and target validation) is done once per forest instead of once per tree. Anything
-outside the plain case (sample weights, class weights, out-of-bag scores, warm start, missing
-values, sparse input, ...) is handed to ``RandomForestClassifier`` itself.
+parameter and target validation) is done once per forest instead of once per tree, by growing
+each tree directly with scikit-learn's (private) tree builder. Anything outside the plain case
+(sample weights, class weights, out-of-bag scores, warm start, missing values, sparse input, ...)
+is handed to ``RandomForestClassifier`` itself.
+
+The private API used (``sklearn.tree._classes.CRITERIA_CLF``/``DENSE_SPLITTERS``,
+``sklearn.tree._tree.Tree``/``DepthFirstTreeBuilder``) is tested on the range
+``TESTED_SKLEARN`` (also pyproject's pin). At first use, :func:`fast_forest_ok` fits a tiny forest
+both ways; on any difference (or any error, or a scikit-learn outside the range) it warns once
+and every :class:`RandomForest` falls back to scikit-learn's own forest: slower, never different.
 """
 
 from __future__ import annotations
 
-import inspect
 import numbers
+import threading
+import warnings
 
 import numpy as np
+import sklearn
 from scipy.sparse import issparse
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.naive_bayes import GaussianNB
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-__all__ = ["RandomForest", "build_classifier", "CLASSIFIER_DEFAULTS", "needs_scaling"]
+__all__ = ["RandomForest", "fast_forest_ok", "TESTED_SKLEARN"]
 
 _MAX_INT = np.iinfo(np.int32).max
 
-#: defaults applied before the config's own keyword arguments
-CLASSIFIER_DEFAULTS: dict[str, dict] = {
-    "random_forest": {"n_estimators": 200},
-    "svm_rbf": {"kernel": "rbf", "C": 1.0, "gamma": "scale"},
-    "svm_linear": {"kernel": "linear", "C": 1.0},
-    "naive_bayes": {},
-    "logistic_regression": {"C": 1.0, "max_iter": 5000},
-    "decision_tree": {},
-}
+#: scikit-learn versions (major, minor) whose tree internals the fast forest is tested on
+TESTED_SKLEARN = ((1, 6), (1, 9))
+
+_CHECK: dict = {}
+_CHECK_LOCK = threading.Lock()
 
 
-def needs_scaling(name: str) -> bool:
-    """Whether the model is standardised inside its pipeline (SVMs, logistic regression)."""
-    return name in ("svm_rbf", "svm_linear", "logistic_regression")
+def _version() -> tuple[int, int]:
+    parts = sklearn.__version__.split(".")
+    return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+
+
+def _self_check() -> str | None:
+    """None when the fast forest equals scikit-learn's on a tiny problem, else why not."""
+    lo, hi = TESTED_SKLEARN
+    if not lo <= _version() <= hi:
+        return (f"scikit-learn {sklearn.__version__} is outside the tested range "
+                f"{lo[0]}.{lo[1]}-{hi[0]}.{hi[1]}")
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(24, 5))
+    y = (X[:, 0] + 0.5 * rng.normal(size=24) > 0).astype(int)
+    kw = {"n_estimators": 7, "random_state": 3, "max_features": "sqrt"}
+    try:
+        fast = RandomForest(**kw)
+        fast._fast_fit(X, y)
+        ref = RandomForestClassifier(**kw).fit(X, y)
+        same = all(
+            np.array_equal(getattr(a.tree_, attr), getattr(b.tree_, attr))
+            for a, b in zip(fast.estimators_, ref.estimators_)
+            for attr in ("feature", "threshold", "value", "children_left", "children_right"))
+        same = same and np.array_equal(fast.predict_proba(X), ref.predict_proba(X))
+    except Exception as err:  # noqa: BLE001 - any failure of the private API means: do not use it
+        return f"the fast path failed: {type(err).__name__}: {err}"
+    return None if same else "the fast path grew different trees than RandomForestClassifier"
+
+
+def fast_forest_ok() -> bool:
+    """Whether the fast forest may be used here (checked once per process; warns if not)."""
+    with _CHECK_LOCK:
+        if "ok" not in _CHECK:
+            why = _self_check()
+            _CHECK["ok"], _CHECK["why"] = why is None, why
+            if why is not None:
+                warnings.warn(f"radiodeep's fast random forest is off ({why}); scikit-learn's "
+                              f"RandomForestClassifier is used instead (same results, slower)",
+                              RuntimeWarning, stacklevel=3)
+    return _CHECK["ok"]
 
 
 class _Unsupported(Exception):
@@ -80,12 +100,12 @@ class RandomForest(RandomForestClassifier):
     plain case (dense finite data, one target, bootstrap, no sample or class weights, no
     out-of-bag score, no warm start, depth-first trees without pruning) the trees are grown
     directly with scikit-learn's tree builder, drawing the same seeds and bootstrap samples as
-    ``RandomForestClassifier.fit``; otherwise, or if scikit-learn's internals ever differ, it
-    simply calls ``RandomForestClassifier.fit``.
+    ``RandomForestClassifier.fit``; otherwise, or when :func:`fast_forest_ok` finds that
+    scikit-learn's internals differ, it simply calls ``RandomForestClassifier.fit``.
     """
 
     def fit(self, X, y, sample_weight=None):
-        if sample_weight is None and self._plain():
+        if sample_weight is None and self._plain() and fast_forest_ok():
             try:
                 return self._fast_fit(X, y)
             except _Unsupported:
@@ -191,47 +211,3 @@ class RandomForest(RandomForestClassifier):
             out += tree.predict_proba(X, check_input=False)
         out /= len(self.estimators_)
         return out
-
-
-_FACTORIES = {
-    "random_forest": RandomForest,
-    "svm_rbf": SVC,
-    "svm_linear": SVC,
-    "naive_bayes": GaussianNB,
-    "logistic_regression": LogisticRegression,
-    "decision_tree": DecisionTreeClassifier,
-}
-
-
-def build_classifier(cfg, seed: int):
-    """The estimator a :class:`~radiodeep.config.ClassifierConfig` describes, seeded with ``seed``.
-
-    SVMs and logistic regression come as a ``Pipeline`` (``scale`` -> ``clf``) so that their
-    inputs are standardised with the training fold's statistics; the others are bare estimators.
-    Raises ``ValueError`` naming the bad key for an argument the estimator does not take.
-    """
-    name = cfg.name
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown classifier {name!r}; choose one of {sorted(_FACTORIES)}")
-    factory = _FACTORIES[name]
-    kwargs = dict(CLASSIFIER_DEFAULTS[name])
-    user = dict(cfg.params)
-    if name.startswith("svm_") and "kernel" in user and user["kernel"] != kwargs["kernel"]:
-        raise ValueError(f"classifier {name}: kernel is fixed by the name (use svm_rbf or svm_linear)")
-    kwargs.update(user)
-    accepted = set(inspect.signature(factory.__init__).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        hint = " (naive Bayes takes priors, not class weights)" if "class_weight" in unknown else ""
-        raise ValueError(f"classifier {name}: unknown argument(s) {unknown}{hint}; "
-                         f"accepted: {sorted(accepted)}")
-    if "random_state" in accepted and "random_state" not in user:
-        kwargs["random_state"] = int(seed)
-    try:
-        est = factory(**kwargs)
-        est._validate_params()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"classifier {name}: {err}") from None
-    if needs_scaling(name):
-        return Pipeline([("scale", StandardScaler()), ("clf", est)])
-    return est

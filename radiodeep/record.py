@@ -1,0 +1,172 @@
+"""The run record: one typed, persisted account of a run (``run_record.json`` in the output folder).
+
+It says what was computed (extraction, evaluation), from which settings (each route's settings
+key, the config, the environment), which cases failed and why, and every number of the
+evaluation (metrics, DeLong tests). The tables too long for it (predictions, selection
+frequencies, features) are CSV files in the same folder, named in :attr:`RunRecord.outputs`.
+
+* ``radiodeep run`` writes it; ``--only extract`` writes the extraction part;
+* ``--only evaluate`` reloads it: the route failures and the settings keys of the exported
+  features come from here (no image is opened), and the features are checked against the
+  current config before anything is evaluated;
+* ``report.html`` is a pure function of it (:func:`write_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["RECORD_NAME", "SCHEMA", "RouteRecord", "RunRecord", "write_table", "write_report"]
+
+RECORD_NAME = "run_record.json"
+SCHEMA = 1
+
+
+@dataclass
+class RouteRecord:
+    """One feature route's export: where its table is, and the settings it was made with."""
+
+    name: str
+    settings_key: str  # the route's settings (cache) key: compared with the config's on reload
+    features_csv: str  # file name in the output folder
+    n_cases: int
+    n_features: int
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    name: str
+    config: dict
+    environment: dict
+    started: str = ""
+    finished: str = ""
+    computed: list[str] = field(default_factory=list)  # "extract", "evaluate"
+    positive_label: str | None = None
+    routes: dict[str, RouteRecord] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)  # case_id, stage, reason
+    metrics: list[dict] = field(default_factory=list)  # one row per experiment (= metrics.csv)
+    experiment_errors: dict[str, str] = field(default_factory=dict)
+    delong: list[dict] = field(default_factory=list)  # pairwise tests (= delong.csv)
+    outputs: dict[str, str] = field(default_factory=dict)  # role -> file name in the folder
+    schema: int = SCHEMA
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / RECORD_NAME
+        _atomic_write(path, json.dumps(_clean(asdict(self)), indent=2, sort_keys=True,
+                                       allow_nan=False).encode("utf-8"))
+        return path
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "RunRecord":
+        path = Path(out_dir) / RECORD_NAME
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"{path} has schema {data.get('schema')!r}; this radiodeep reads {SCHEMA}")
+        data["routes"] = {k: RouteRecord(**v) for k, v in (data.get("routes") or {}).items()}
+        return cls(**data)
+
+    # ------------------------------------------------------------------ views
+    def failures_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.failures, columns=["case_id", "stage", "reason"])
+
+    def metrics_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.metrics)
+
+    def delong_frame(self) -> pd.DataFrame:
+        from .evaluation import DELONG_COLUMNS
+
+        return pd.DataFrame(self.delong, columns=DELONG_COLUMNS)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-able data: numpy scalars to Python, NaN/inf to None, paths to strings."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- exact CSV tables
+def write_table(df: pd.DataFrame, path: Path, *, index: bool = False) -> Path:
+    """A table as CSV whose floats read back bit for bit (shortest round-trip repr)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=index, float_format=None)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- the report
+def write_report(record: RunRecord, out_dir: Path) -> Path:
+    """``report.html`` from the record and the tables it names in the same folder, nothing else."""
+    from .report import write_report as render
+
+    out_dir = Path(out_dir)
+
+    def table(role: str) -> pd.DataFrame:
+        name = record.outputs.get(role)
+        if not name or not (out_dir / name).exists():
+            return pd.DataFrame()
+        return pd.read_csv(out_dir / name, dtype={"case_id": str}, float_precision="round_trip")
+
+    sheet = record.outputs.get("contact_sheet")
+    provenance = {
+        "config": record.config,
+        "environment": record.environment,
+        "routes": {name: r.provenance for name, r in record.routes.items()},
+        "seed": (record.config.get("evaluation") or {}).get("seed"),
+        "started": record.started,
+        "finished": record.finished,
+    }
+    ens = record.outputs.get("ensembles")  # cnn_ensemble summaries (radiodeep/learned/scratch.py)
+    if ens and (out_dir / ens).is_dir():
+        names = [m.get("experiment") for m in record.metrics]
+        provenance["ensembles"] = {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+                                   for p in sorted((out_dir / ens).glob("*/summary.json")) if p.parent.name in names}
+    return render(out_dir, title=record.name, metrics=record.metrics_frame(),
+                  predictions=table("predictions"), selection=table("selection"),
+                  delong=record.delong_frame(), failures=record.failures_frame(),
+                  experiment_errors=record.experiment_errors, provenance=provenance,
+                  contact_sheet=out_dir / sheet if sheet and (out_dir / sheet).exists() else None,
+                  positive_label=record.positive_label)
