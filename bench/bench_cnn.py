@@ -82,7 +82,7 @@ def roofline_step(channels: int, size: int, batch: int):
 
 def bench_throughput(quick: bool, channels: int = 2, size: int = 100, batch: int = 64) -> dict:
     step, net = roofline_step(channels, size, batch)
-    n_batches = 4 if quick else 8
+    n_batches = 2 if quick else 8
     rng = np.random.default_rng(0)
     X = rng.random((batch * n_batches, channels, size, size), dtype=np.float32)
     y = np.tile([0, 1], len(X) // 2)
@@ -90,7 +90,7 @@ def bench_throughput(quick: bool, channels: int = 2, size: int = 100, batch: int
     est.fit(X[:batch * 2], y[:batch * 2])  # warm-up (allocator, skorch imports)
     step()
     best_roof = best_train = float("inf")
-    reps = 2 if quick else 4
+    reps = 2 if quick else 3
     for _ in range(reps):  # alternate: both see the same machine load
         t = time.perf_counter()
         for _ in range(n_batches):

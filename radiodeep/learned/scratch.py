@@ -452,14 +452,10 @@ def ensemble_rows(config, exp, predictions: pd.DataFrame, describe: dict) -> tup
     extra = extra[extra.experiment != f"{name}[{combines[0]}]"]  # that one is the experiment itself
     ev = config.evaluation
     rows = []
-    import inspect
-
-    with_scheme = "scheme" in inspect.signature(_summarise).parameters
     for label, part in extra.groupby("experiment", sort=False):
         kind = "combine " + label[len(name):].strip("[]") if label.startswith(name + "[") else "member"
-        part = part.reset_index(drop=True)
-        m = _summarise(part, ev.scheme, ev.ci_level) if with_scheme else _summarise(part, ev.ci_level)
-        rows.append({"experiment": label, **describe, "classifier": f"cnn_ensemble {kind}", **m})
+        rows.append({"experiment": label, **describe, "classifier": f"cnn_ensemble {kind}",
+                     **_summarise(part.reset_index(drop=True), ev.ci_level)})
     ens = predictions.groupby("case_id")["score"].mean()
     truth = predictions.groupby("case_id")["y_true"].first()
     tests, aucs = [], {}
