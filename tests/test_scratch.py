@@ -162,3 +162,11 @@ def test_early_stopping_on_a_stratified_seeded_inner_split():
     assert other.inner_split_ != inner
     with pytest.raises(ValueError, match="early_stopping needs an inner validation split"):
         scratch_classifier("usf1", 2, 16, early_stopping=2, **FAST).fit(X, y)
+
+
+def test_smallest_inner_split_that_stratifies_is_accepted():
+    X, y = _images(n=6, side=16)  # 3 + 3 cases: 0.3 -> 2 validation cases, one of each class
+    est = scratch_classifier("usf1", 2, 16, train_split=0.3, **FAST).fit(X, y)
+    assert sorted(y[est.inner_split_["valid"]]) == [0, 1]
+    with pytest.raises(ValueError, match=r"train_split=0.1 .*\(1 validation and 5 training cases of 6\)"):
+        scratch_classifier("usf1", 2, 16, train_split=0.1, **FAST).fit(X, y)

@@ -98,9 +98,11 @@ def cost_estimate(exp, config, y: pd.Series, split: pd.Series | None = None) -> 
 
         aug = parse_augment(c.augment.model_dump(mode="json"))
         grid = aug.grid_size() if aug is not None else 1
-    images = [s * grid for s in sizes]
-    if c.train_split:
-        images = [int(math.floor(i * (1 - c.train_split))) for i in images]
+    if c.train_split:  # the inner split takes whole cases, before augmentation (train_test_split's count)
+        sizes_train = [s - int(math.ceil(c.train_split * s)) for s in sizes]
+    else:
+        sizes_train = sizes
+    images = [s * grid for s in sizes_train]
     smallest = min(images)
     if c.batch_size > smallest:
         raise ValueError(f"batch_size {c.batch_size} is larger than the {smallest} training images of the "

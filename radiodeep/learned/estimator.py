@@ -226,10 +226,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.train_split:
             frac = float(self.train_split)
             counts = np.bincount(y_enc)
-            if not 0 < frac < 1 or counts.min() * frac < 1 or counts.min() * (1 - frac) < 1:
-                raise ValueError(f"train_split={frac:g} needs at least one case of each class on both sides; "
-                                 f"the training cases hold {dict(zip(self.classes_.tolist(), counts.tolist()))}")
             n_valid = int(np.ceil(frac * len(x)))  # train_test_split's count
+            k = len(counts)
+            if not 0 < frac < 1 or counts.min() < 2 or n_valid < k or len(x) - n_valid < k:
+                raise ValueError(f"train_split={frac:g} needs at least one case of each class on both sides "
+                                 f"({n_valid} validation and {len(x) - n_valid} training cases of {len(x)}); "
+                                 f"the training cases hold {dict(zip(self.classes_.tolist(), counts.tolist()))}")
             n_images = (len(x) - n_valid) * (aug.grid_size() if aug is not None else 1)
         if self.batch_size > n_images:
             raise ValueError(f"batch_size {self.batch_size} is larger than the {n_images} training images of this "
