@@ -1,4 +1,4 @@
-"""The ``radiodeep`` command line: run, demo, validate, synth.
+"""The ``radiodeep`` command line: run, demo, validate, synth (weights, extract-deep: :mod:`radiodeep.cli_deep`).
 
 Only this module configures logging handlers and progress bars; the library
 itself logs through ``logging.getLogger(__name__)`` and never adds handlers.
@@ -196,6 +196,8 @@ def _cmd_describe_model(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_deep import add_commands, add_download_option
+
     p = argparse.ArgumentParser(
         prog="radiodeep",
         description="Handcrafted (PyRadiomics) and deep (ImageNet CNN) radiomics features, "
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", choices=["extract", "evaluate"], default=None,
                    help="run only feature extraction, or only the experiments (on cached features)")
     r.add_argument("--output", type=Path, default=None, help="override the config's output folder")
+    add_download_option(r)
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("demo", parents=[common],
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default="demo", help="folder for the demo cohort and results (default: ./demo)")
     d.add_argument("--cases", type=int, default=40, help="phantom cases (default 40, as published)")
     d.add_argument("--quick", action="store_true", help="smaller settings for a fast smoke run")
+    add_download_option(d)
     d.set_defaults(func=_cmd_demo)
 
     v = sub.add_parser("validate", parents=[common], help="check a config and its cohort, compute nothing")
@@ -237,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two cohorts of --cases each, scanned differently (noise, kernel, spacing): "
                         "split train = cohort 1, test = cohort 2")
     s.set_defaults(func=_cmd_synth)
+    add_commands(sub, common)  # weights, extract-deep
 
     m = sub.add_parser("describe-model", parents=[common],
                        help="layer table and parameter count of a CNN (usf1, usf2, usf3 or package.module:Class)")
@@ -250,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("validate", "synth", "describe-model"):
+    from .cli_deep import apply_download_option
+
+    apply_download_option(args)  # --allow-download
+    if args.command in ("validate", "synth", "weights", "extract-deep", "describe-model"):
         _setup_logging(args.verbose)
     try:
         return args.func(args)

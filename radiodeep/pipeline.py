@@ -47,6 +47,7 @@ class RunResult:
     experiment_errors: dict[str, str] = field(default_factory=dict)
     features: dict[str, pd.DataFrame] = field(default_factory=dict)
     report: Path | None = None
+    random_weights: list[str] = field(default_factory=list)  # routes whose network had random weights
 
     def summary(self) -> str:
         lines = []
@@ -60,10 +61,15 @@ class RunResult:
         if not self.failures.empty:
             lines.append(f"{len(self.failures)} case problem(s): see {self.output_dir / 'failures.csv'}")
         for route, df in self.features.items():
-            lines.append(f"features_{route}.csv: {df.shape[0]} cases x {df.shape[1]} features")
+            lines.append(f"features_{route}.{'npz' if route == 'image' else 'csv'}: {df.shape[0]} cases x "
+                         f"{df.shape[1]} features")
         if self.report is not None:
             lines.append(f"report: {self.report}")
         lines.append(f"outputs in: {self.output_dir}")
+        from .features.weights import random_weights_line
+
+        if self.random_weights:  # last, where the eye lands at the end of a run
+            lines.append(random_weights_line(self.random_weights))
         return "\n".join(lines)
 
 
@@ -451,6 +457,9 @@ def _run(config: Config, only: str | None = None) -> RunResult:
         # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
         routes = {name: RouteResult(name, _read_table(out / rec.features_csv), provenance=rec.provenance)
                   for name, rec in record.routes.items()}
+    from .features.weights import random_weight_routes
+
+    result.random_weights = random_weight_routes({name: res.provenance for name, res in routes.items()})
     result.failures = record.failures_frame()
     write_table(result.failures, out / "failures.csv")
     if only == "extract" or not config.experiments:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from radiodeep.config import parse_config
+from radiodeep.features.weights import fallback_deep_settings
 from radiodeep.pipeline import run
 from radiodeep.synth import make_cohort
 
@@ -19,6 +20,7 @@ RECIPES = {
     "lung_adenocarcinoma_survival": {"modality": "ct", "split": False},
     "brain_mr_survival": {"modality": "mr", "split": False},
     "screening_nodules": {"modality": "ct", "split": True},
+    "brain_mr_finetune": {"modality": "mr", "split": False, "n_cases": 8, "size": 32},  # trains 16 networks
 }
 
 
@@ -28,11 +30,15 @@ def small(data: dict, manifest: Path, out: Path) -> dict:
     data["cohort"]["positive_label"] = "short"  # the phantoms' labels
     data["roi"]["size"] = 64
     deep = data["features"].get("deep")
-    if deep:
-        deep.update(weights=None, batch_size=8)  # no ImageNet weights offline
+    if deep:  # the recipe's network when its weights are here, else EfficientNet-Lite0's (installed)
+        deep, _ = fallback_deep_settings(deep, base_dir=ROOT / "pipelines")
+        data["features"]["deep"] = {**deep, "batch_size": 8}
     for exp in data["experiments"]:
         if isinstance(exp["classifier"], dict) and "n_estimators" in exp["classifier"]:
             exp["classifier"]["n_estimators"] = 10
+        if exp["features"] == ["image"]:  # learned: one epoch, small batches, one thread
+            exp["classifier"].update(epochs=1, batch_size=4, threads=1)
+            exp["classifier"].get("then", {}).update(n_estimators=10)
     data["output"] = str(out)
     data["execution"] = {"n_jobs": 1, "progress": False}
     return data
@@ -42,12 +48,19 @@ def small(data: dict, manifest: Path, out: Path) -> dict:
 def test_recipe_runs_on_phantoms(name, tmp_path):
     spec = RECIPES[name]
     recipe = ROOT / "pipelines" / name / "study.yaml"
-    manifest = make_cohort(tmp_path / "cohort", n_cases=12, seed=11, modality=spec["modality"],
+    n_cases = spec.get("n_cases", 12)
+    manifest = make_cohort(tmp_path / "cohort", n_cases=n_cases, seed=11, modality=spec["modality"],
                            split=spec["split"])
     data = small(yaml.safe_load(recipe.read_text(encoding="utf-8")), manifest, tmp_path / "out")
+    data["roi"]["size"] = spec.get("size", data["roi"]["size"])
     cfg = parse_config(data, base_dir=recipe.parent, source=str(recipe))
     res = run(cfg)
     assert not res.experiment_errors, res.experiment_errors
+    assert res.random_weights == []  # real ImageNet features, whatever this machine has
+    assert "NOT IMAGENET FEATURES" not in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    prov = json.loads((tmp_path / "out" / "features_deep.provenance.json").read_text(encoding="utf-8"))
+    assert prov["weights"]["backbone"] == prov["backbone"] == cfg.features.deep.backbone
+    assert len(prov["weights"]["sha256"]) == 64 and prov["weights"]["licence"]
     assert set(res.metrics.experiment) == {e.name for e in cfg.experiments}
     assert (tmp_path / "out" / "report.html").is_file()
     preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
@@ -55,10 +68,16 @@ def test_recipe_runs_on_phantoms(name, tmp_path):
         test_ids = set(pd.read_csv(manifest).query("split == 'test'").case_id)
         assert set(preds.case_id) == test_ids
     else:
-        assert preds.groupby("experiment").case_id.nunique().eq(12).all()
+        assert preds.groupby("experiment").case_id.nunique().eq(n_cases).all()
     if name == "screening_nodules":  # channels: each -> three feature sets named by channel
         cols = pd.read_csv(tmp_path / "out" / "features_deep.csv", nrows=1).columns
-        assert {c.split("_")[2] for c in cols if c != "case_id"} == {"r", "g", "b"}
+        assert {c.rsplit("_", 2)[1] for c in cols if c != "case_id"} == {"r", "g", "b"}
+    if name == "brain_mr_finetune":  # fine-tuned beside frozen features of the same network, same cases
+        delong = pd.read_csv(tmp_path / "out" / "delong.csv")
+        pairs = set(zip(delong.experiment_a, delong.experiment_b))
+        assert {("frozen-lite0-su10-rf", "finetune-lite0"), ("frozen-lite0-su10-rf", "finetune-lite0-rf")} <= pairs
+        assert (delong["n"] == n_cases).all()
+        assert len(list((tmp_path / "out" / "audit" / "finetune-lite0").glob("heldout_*.json"))) == n_cases
 
 
 def test_cnn_ensemble_recipe_on_a_phantom_pair(tmp_path):

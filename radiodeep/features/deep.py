@@ -44,6 +44,7 @@ from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
 from ..qc import network_view_items
 from .backbones import (
     check_input_size,
+    check_weights_file,
     feature_extractor,
     get_spec,
     load_backbone,
@@ -152,7 +153,7 @@ def pick_device(choice: str) -> torch.device:
 def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
     """Every problem of the deep route's settings that shows before any image is read, as
     ``(config key, exception)``: backbone, layer and activation, input size, device, and
-    weights present on this machine (resolved, not read). Empty when the route is fine."""
+    weights present on this machine and fitting the network (hash, keys, shapes). Empty when the route is fine."""
     deep = config.features.deep
     if deep is None:
         return []
@@ -165,7 +166,8 @@ def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
         ("features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
         ("roi.size", lambda: _check_min_size(spec, config.roi.size)),
         ("features.deep.device", lambda: pick_device(deep.device)),
-        ("features.deep.weights", lambda: resolve_weights(deep.backbone, deep.weights, config.base_dir)),
+        # resolved, hash-checked and read (keys and shapes against the network) before any case is
+        ("features.deep.weights", lambda: check_weights_file(deep.backbone, deep.weights, config.base_dir)),
     )
     for key, check in checks:
         try:

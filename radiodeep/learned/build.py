@@ -61,8 +61,7 @@ def build_learned(exp, config, X: pd.DataFrame | None = None) -> Pipeline:
     cnn = _cnn(exp, config, X)
     if exp.classifier.name == "cnn_finetune":
         return Pipeline([("clf", cnn)])
-    from ..models import build_classifier
-    from ..selection import build_selector
+    from ..experiment import build_classifier, build_selector
     from .features import FineTunedFeatures
 
     c = exp.classifier
@@ -143,9 +142,9 @@ def check_learned(config) -> list[str]:
         except ValueError as err:
             problems.append(f"{where}.backbone: {err}")
             continue
-        if spec.family != "torchvision":
-            problems.append(f"{where}.backbone: {c.backbone} ({spec.family}) cannot be fine-tuned here; "
-                            "use a torchvision backbone")
+        if spec.family == "matconvnet":
+            problems.append(f"{where}.backbone: {c.backbone} is read from a MatConvNet file and cannot be "
+                            "fine-tuned here; use a torchvision or timm backbone (alexnet is its closest relative)")
             continue
         if config.roi.size < spec.min_size:
             problems.append(f"roi.size: {config.roi.size} is too small for {c.backbone} (at least {spec.min_size} pixels)")

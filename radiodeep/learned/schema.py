@@ -74,7 +74,7 @@ class CNNFinetuneConfig(_Strict):
     backbone: str = "alexnet"
     weights: str | None = Field("IMAGENET1K_V1", description="as features.deep.weights (null: random, tests only)")
     epochs: int = Field(10, ge=1, le=10000)
-    lr: float = Field(1e-5, gt=0, le=10)
+    lr: float = Field(1e-5, gt=0)
     lr_schedule: LrScheduleConfig | None = Field(default_factory=LrScheduleConfig,
                                                  description="the published {step: 4, gamma: 0.1} by default")
     optimizer: Literal["sgd", "adam"] = "sgd"
