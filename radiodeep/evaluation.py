@@ -244,7 +244,7 @@ def _supports_fast_loo(pipeline) -> bool:
 
 
 def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, fast: bool,
-               n_jobs: int, show: bool, desc: str):
+               n_jobs: int, show: bool, desc: str, dask_address: str | None = None):
     """Every fold's scores; returns (rows, selection counts, number of fits)."""
     names = np.asarray([str(c) for c in X.columns], dtype=object)
     Xv = X.to_numpy(dtype=np.float64)
@@ -273,7 +273,17 @@ def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, 
                 yield (rep, fold, te, None), (_cold_job, (clone(pipeline), Xv, names, y, tr, te))
 
     rows = []
-    if n_jobs is None or n_jobs == 1:
+    if dask_address is not None:  # execution.backend dask: every fold a task on the cluster (same results)
+        from joblib import Parallel, delayed, parallel_config
+
+        metas_d, tasks = [], []
+        for meta, (fn, args) in jobs():
+            metas_d.append(meta)
+            tasks.append(delayed(fn)(*args))
+        with parallel_config(backend="dask", scheduler_host=dask_address, scatter=[Xv]):
+            done = Parallel(n_jobs=-1)(tasks)
+        results = zip(metas_d, done)
+    elif n_jobs is None or n_jobs == 1:
         results = ((meta, fn(*args)) for meta, (fn, args) in jobs())
     else:
         from joblib import Parallel, delayed
@@ -319,13 +329,14 @@ def _pooled_auc(pred_rows, y: np.ndarray) -> float:
 
 def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: str = "",
              split: pd.Series | None = None, progress: bool = False, n_jobs: int = 1,
-             fast: bool = True) -> EvaluationResult:
+             fast: bool = True, dask_address: str | None = None) -> EvaluationResult:
     """Evaluate ``pipeline`` on ``X`` (cases x features) and ``y`` (0/1, 1 = positive).
 
     ``cfg`` is an :class:`~radiodeep.config.EvaluationConfig` (None: its defaults, leave-one-out);
     ``split`` (case id -> split name) is needed by the external scheme. The pipeline is cloned and
     refitted in every fold, so no information from a test case reaches its model. ``n_jobs`` > 1
     fits folds in parallel threads (same results: e.g. ``config.execution.n_jobs``);
+    ``dask_address`` runs every fold as a task on that Dask cluster's workers (same results);
     ``fast=False`` turns off the shared leave-one-out selection path (same results, slower).
     ``progress`` shows a per-fold progress bar. Raises ``ValueError`` when the experiment cannot
     run (too few cases of a class, k above the number of features, missing values, ...).
@@ -358,12 +369,13 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
     # (and the folds themselves may run in parallel threads)
     with threadpool_limits(limits=1, user_api="blas"):
         return _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
-                         n_jobs, fast)
+                         n_jobs, fast, dask_address)
 
 
-def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast):
+def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast,
+              dask_address=None):
     rows, counts, n_fits = _run_folds(pipeline, X, y_arr, folds, scheme=cfg.scheme, fast=fast,
-                                      n_jobs=n_jobs, show=progress, desc=desc)
+                                      n_jobs=n_jobs, show=progress, desc=desc, dask_address=dask_address)
     names = np.asarray([str(c) for c in X.columns], dtype=object)
 
     case_ids = X.index.to_numpy()
@@ -395,7 +407,7 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
                 yp = rng.permutation(yp)
                 pf = _folds(cfg, yp, X.index, split)
             prow, _, _ = _run_folds(pipeline, X, yp, pf, scheme=cfg.scheme, fast=fast,
-                                    n_jobs=n_jobs, show=False, desc=desc)
+                                    n_jobs=n_jobs, show=False, desc=desc, dask_address=dask_address)
             null[b] = _pooled_auc(prow, y_arr if cfg.scheme == "external" else yp)
         observed = metrics["auc"]
         metrics["perm_p"] = float((1 + np.sum(null >= observed)) / (1 + cfg.permutations))

@@ -555,16 +555,18 @@ def _load(name: str, weights: "str | Path | WeightsSource | None", base_dir: Pat
     return model, prov
 
 
-def check_weights_file(name: str, weights: str | Path | None, base_dir: Path | str | None = None) -> None:
+def check_weights_file(name: str, weights: str | Path | None, base_dir: Path | str | None = None):
     """Read the weights file and check that it fits the network, before any work: the hash for a
-    known file, ``torch.load(weights_only=True)``, every key and shape. Raises :class:`WeightsError`."""
+    known file, ``torch.load(weights_only=True)``, every key and shape. Raises :class:`WeightsError`;
+    returns the resolved source (what :func:`resolve_weights` gives)."""
     spec = get_spec(name)
     src = resolve_weights(name, weights, base_dir)
     if src.kind == "random" or spec.family == "matconvnet":
-        return
+        return src
     weights_identity(src)
     st = src.path.stat()
     _check_fits(name, str(src.path), st.st_size, st.st_mtime_ns)
+    return src
 
 
 @functools.lru_cache(maxsize=8)
