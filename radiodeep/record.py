@@ -172,6 +172,12 @@ def write_report(record: RunRecord, out_dir: Path) -> Path:
         "started": record.started,
         "finished": record.finished,
     }
+    ens = record.outputs.get("ensembles")  # cnn_ensemble summaries (radiodeep/learned/scratch.py)
+    if ens and (out_dir / ens).is_dir():
+        names = [m.get("experiment") for m in record.metrics]
+        provenance["ensembles"] = {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+                                   for p in sorted((out_dir / ens).glob("*/summary.json")) if p.parent.name in names}
+
     from .paper import paper_context
 
     predictions = table("predictions")
