@@ -284,6 +284,35 @@ def _confusion(metrics: pd.DataFrame, predictions: pd.DataFrame, pos: str, neg: 
     return out
 
 
+def _per_repeat(metrics: pd.DataFrame, predictions: pd.DataFrame, scheme: dict) -> list[dict]:
+    """Repeated k-fold only: each repeat's AUC and accuracy per experiment (from the out-of-fold
+    scores of predictions.csv), their mean, SD (n - 1) and range, beside the pooled AUC."""
+    if scheme["repeats"] <= 1 or predictions.empty or "repeat" not in predictions.columns:
+        return []
+    from .stats import delong_variance
+
+    pooled = {_text(r.get("experiment")): _num(r.get("auc")) for _, r in metrics.iterrows()}
+    rows = []
+    for name in [str(x) for x in _col(metrics, "experiment").dropna()]:
+        p = predictions[predictions["experiment"].astype(str) == name]
+        if p.empty or p["repeat"].nunique() <= 1:
+            continue
+        aucs, accs = [], []
+        for _, g in p.groupby("repeat", sort=True):
+            y = g["y_true"].to_numpy()
+            aucs.append(delong_variance(y, g["score"].to_numpy().astype(float))[0]
+                        if len(set(y)) == 2 else float("nan"))
+            accs.append(float(np.mean(g["y_pred"].to_numpy() == y)))
+        a, c = np.array(aucs, dtype=float), np.array(accs, dtype=float)
+        rows.append({"name": name, "pooled_auc": fmt_auc(pooled.get(name)), "n_repeats": len(a),
+                     "aucs": [fmt_auc(v) for v in a], "accs": [fmt_pct(v) for v in c],
+                     "auc_mean": fmt_auc(np.nanmean(a)), "auc_sd": fmt_auc(np.nanstd(a, ddof=1)),
+                     "auc_min": fmt_auc(np.nanmin(a)), "auc_max": fmt_auc(np.nanmax(a)),
+                     "acc_mean": fmt_pct(c.mean()), "acc_sd": fmt_pct(c.std(ddof=1)),
+                     "acc_min": fmt_pct(c.min()), "acc_max": fmt_pct(c.max())})
+    return rows
+
+
 def _selection(selection: pd.DataFrame, order: list[str]) -> list[dict]:
     need = {"experiment", "feature", "frequency"}
     if selection.empty or not need <= set(selection.columns):
@@ -525,6 +554,7 @@ def write_report(out_dir: Path, *, title: str,
                             "colour": plots.curve_style(i, len(curves))[0]} for i, c in enumerate(curves)],
                 "missing": [e["name"] for e in experiments if e["name"] not in {c.name for c in curves}]},
         "confusion": _confusion(metrics, predictions, pos, neg),
+        "per_repeat": _per_repeat(metrics, predictions, scheme),
         "selection": _selection(selection, order),
         "top_n": TOP_FEATURES,
         "delong": _delong(delong, order),

@@ -374,3 +374,80 @@ def test_selection_chart_labels_stay_distinct():
     # the chart draws them (one line per wrapped piece)
     png = plots.selection_figure(names, ["handcrafted"] * 4, [1.0, 0.8, 0.5, 0.1])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _PerRepeatTable(HTMLParser):
+    """Rows of the per-repeat table: experiment -> list of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._in, self._row, self._cell = {}, False, None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and "per-repeat" in (a.get("class") or ""):
+            self._in = True
+        elif self._in and tag == "tr" and "data-experiment" in a:
+            self._row = a["data-experiment"]
+            self.rows[self._row] = []
+        elif self._in and self._row and tag == "td":
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in = False
+        elif tag == "td" and self._cell is not None:
+            self.rows[self._row].append(self._cell.strip())
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_per_repeat_variability_matches_predictions_csv(tmp_path):
+    """Repeated k-fold through radiodeep's own evaluation: the report's per-repeat AUCs and
+    accuracies, their mean, SD and range equal the ones computed here from predictions.csv."""
+    rng = np.random.default_rng(3)
+    y = np.array([0, 1] * 12)
+    ids = [f"c{i:02d}" for i in range(24)]
+    X = pd.DataFrame(rng.normal(size=(24, 4)) + 0.8 * y[:, None] * np.array([1, 0, 0, 0]), index=ids,
+                     columns=list("abcd"))
+    res = evaluate(make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear")), X,
+                   pd.Series(y, index=ids), EvaluationConfig(scheme="repeated_kfold", folds=3, repeats=4, seed=1),
+                   experiment="e1")
+    res.predictions.to_csv(tmp_path / "predictions.csv", index=False)
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    metrics = pd.DataFrame([{"experiment": "e1", **res.metrics}])
+    path = write_report(tmp_path, title="rkf", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
+                        delong=pd.DataFrame(), failures=pd.DataFrame(), experiment_errors={},
+                        provenance={"config": {"evaluation": {"scheme": "repeated_kfold", "folds": 3,
+                                                              "repeats": 4}}},
+                        contact_sheet=None)
+    parser = _PerRepeatTable()
+    parser.feed(path.read_text(encoding="utf-8"))
+    cells = parser.rows["e1"]
+    aucs = [roc_auc_score(g["y_true"], g["score"]) for _, g in preds.groupby("repeat")]
+    accs = [float((g["y_true"] == g["y_pred"]).mean()) for _, g in preds.groupby("repeat")]
+    assert len(aucs) == 4 and len(set(np.round(aucs, 3))) > 1  # the repeats really differ
+    assert cells[1] == f"{res.metrics['auc']:.3f}"
+    assert cells[2] == ", ".join(f"{a:.3f}" for a in aucs)
+    assert cells[3] == f"{np.mean(aucs):.3f} ({np.std(aucs, ddof=1):.3f})"
+    assert cells[4] == f"{min(aucs):.3f}\u2013{max(aucs):.3f}"
+    assert cells[5] == ", ".join(f"{100 * a:.1f}%" for a in accs)
+    assert cells[6] == f"{100 * np.mean(accs):.1f}% ({100 * np.std(accs, ddof=1):.1f}%)"
+    assert cells[7] == f"{100 * min(accs):.1f}%\u2013{100 * max(accs):.1f}%"
+
+
+def test_per_repeat_table_absent_with_one_repeat(tmp_path):
+    y = np.array([0, 1] * 6)
+    preds = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "y_true": y, "score": y * 0.5 + 0.1,
+                          "y_pred": y, "fold": range(12), "repeat": 0, "experiment": "e1"})
+    metrics = pd.DataFrame([{"experiment": "e1", "auc": 1.0, "n": 12, "n_pos": 6}])
+    path = write_report(tmp_path, title="loo", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
+                        delong=pd.DataFrame(), failures=pd.DataFrame(), experiment_errors={},
+                        provenance={"config": {"evaluation": {"scheme": "repeated_kfold", "folds": 5, "repeats": 1}}},
+                        contact_sheet=None)
+    assert "per-repeat" not in path.read_text(encoding="utf-8")
