@@ -5,9 +5,14 @@ of them when none is marked) on every case that has features in each of its rout
 same pipeline (selection, scaling, classifier) and seed the evaluation refitted in every fold,
 and saves each in ``OUTPUT/models/``:
 
-* ``<experiment>.joblib``: the fitted ``Pipeline`` (joblib);
+* ``<experiment>.joblib``: the fitted ``Pipeline`` (joblib); for learned (``features: [image]``)
+  experiments the fitted network estimator (skorch; its torch tensors pickle with it), built and
+  trained with the evaluation's settings on every eligible case's ROI tensor, with its audit
+  and ensemble-record folders cleared (:func:`detach`) so scoring new cases writes nothing
+  beside the study; the fitted estimator keeps its training tensors (for its leakage audit);
 * ``<experiment>.json``: its sidecar: the file's SHA-256, the radiodeep, scikit-learn and
-  numpy versions that wrote it, the experiment's config, each route's settings key and its
+  numpy versions that wrote it (torch and skorch too for learned models), the experiment's
+  config, each route's settings key and its
   columns (in the order the pipeline takes them), the positive and negative labels, the
   decision threshold, and the study's config (paths relative to the folder) that
   ``radiodeep predict`` rebuilds the routes' settings from.
@@ -34,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["MODELS_DIR", "FORMAT", "ModelFileError", "FinalModel", "versions", "threshold_of",
+__all__ = ["MODELS_DIR", "FORMAT", "ModelFileError", "FinalModel", "versions", "detach", "threshold_of",
            "final_experiments", "fit_final_models", "save_model", "load_model", "model_files"]
 
 log = logging.getLogger(__name__)
@@ -73,14 +78,46 @@ class FinalModel:
         return _positive_score(self.pipeline, X[self.columns()])
 
 
-def versions() -> dict[str, str]:
-    """The package versions a model file must be loaded under."""
+def versions(learned: bool = False) -> dict[str, str]:
+    """The package versions a model file must be loaded under (``learned``: torch and skorch too,
+    for the networks of learned experiments)."""
     import numpy
     import sklearn
 
     from . import __version__
 
-    return {"radiodeep": __version__, "scikit-learn": sklearn.__version__, "numpy": numpy.__version__}
+    out = {"radiodeep": __version__, "scikit-learn": sklearn.__version__, "numpy": numpy.__version__}
+    if learned:
+        import skorch
+        import torch
+
+        out.update(torch=torch.__version__, skorch=skorch.__version__)
+    return out
+
+
+def detach(obj, _seen: set | None = None) -> None:
+    """Stop a fitted learned model writing beside the study when it scores new cases: every
+    estimator in it (pipeline steps, fine-tuned CNN, ensemble members) loses its ``audit_dir``
+    (the per-fold leakage audit) and ``record_dir`` (the ensemble's per-fold member records)."""
+    from sklearn.base import BaseEstimator
+
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, BaseEstimator):
+        for attr in ("audit_dir", "record_dir"):
+            if getattr(obj, attr, None) is not None:
+                setattr(obj, attr, None)
+        children = list(vars(obj).values())
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    else:
+        return
+    for child in children:
+        detach(child, seen)
 
 
 def threshold_of(fitted) -> tuple[float, str]:
@@ -107,6 +144,7 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
     from sklearn.base import clone
 
     from .experiment import build_pipeline
+    from .learned.schema import is_learned
 
     folder = Path(out) / MODELS_DIR
     for old in [*folder.glob("*.joblib"), *folder.glob("*.json")]:  # an earlier run's: stale now
@@ -116,17 +154,20 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
     for exp in final_experiments(config):
         if exp.name in skip:
             continue
-        if "image" in exp.features:  # a network trained on the ROI (radiodeep/learned)
-            log.warning("final model of experiment %s not saved: final models of learned (image) "
-                        "experiments are not supported yet", exp.name)
-            continue
         try:
             routes = {r: list(tables[r].columns) for r in exp.features}
             X = pd.concat([tables[r] for r in exp.features], axis=1, join="inner")
             ids = X.index.intersection(y.index)
             X, yy = X.loc[ids], y.loc[ids].astype(int)
-            pipe = clone(build_pipeline(exp, routes, config.evaluation.seed))
+            if is_learned(exp):  # a network trained on the ROI tensors (radiodeep/learned)
+                from .learned.build import build_learned
+
+                pipe = build_learned(exp, config, X)  # the evaluation's estimator and settings
+            else:
+                pipe = clone(build_pipeline(exp, routes, config.evaluation.seed))
             pipe.fit(X, yy.to_numpy())
+            if is_learned(exp):
+                detach(pipe)
             threshold, kind = threshold_of(pipe)
             meta = {
                 "experiment": exp.model_dump(mode="json"),
@@ -165,7 +206,7 @@ def save_model(pipeline, path: Path, meta: dict) -> dict:
     joblib.dump(pipeline, tmp)
     tmp.replace(path)
     sidecar = {**meta, "format": FORMAT, "file": path.name, "sha256": file_sha256(path),
-               "versions": versions()}
+               "versions": versions(learned="image" in meta.get("routes", {}))}
     _atomic_write(path.with_suffix(".json"), json.dumps(_clean(sidecar), indent=2, sort_keys=True,
                                                         allow_nan=False).encode("utf-8"))
     return {"experiment": meta["experiment"]["name"], "file": f"{path.parent.name}/{path.name}",
@@ -197,7 +238,7 @@ def load_model(path: Path | str) -> FinalModel:
         raise ModelFileError(f"model file {path.name} refused: its SHA-256 ({sha}) is not the one "
                              f"recorded in {side.name} ({meta.get('sha256')}): the file was changed or "
                              f"damaged since it was saved")
-    here = versions()
+    here = versions(learned="torch" in (meta.get("versions") or {}))
     diff = [f"{k} {meta.get('versions', {}).get(k)} (model) vs {v} (here)" for k, v in here.items()
             if meta.get("versions", {}).get(k) != v]
     if diff:

@@ -330,3 +330,65 @@ def test_cohort_table_summarises_clinical_covariates_per_class(clinical_study):
     assert stage["kind"] == "categorical" and stage["overall"] == "I: 4, II: 4, III: 4"
     html = (cfg.output_dir / "report.html").read_text(encoding="utf-8")
     assert "Clinical covariates age (numeric), stage (categorical)" in html
+
+
+# --------------------------------------------------------------------------- learned (image) experiments
+TINY_CNN = {"name": "cnn_finetune", "backbone": "resnet18", "weights": None, "epochs": 1, "lr": 1e-3,
+            "batch_size": 2, "threads": 1, "device": "cpu"}
+TINY_ENSEMBLE = {"name": "cnn_ensemble", "architectures": ["usf1"], "seeds": [0, 1], "epochs": 1, "batch_size": 2,
+                 "threads": 1, "device": "cpu"}
+
+
+def write_image_study(folder: Path, manifest: str, output: str) -> Path:
+    cfg = {
+        "name": "image predict test",
+        "cohort": {"manifest": manifest, "positive_label": "short"},
+        "roi": {"slice": "largest", "crop": "exact", "margin_px": 2, "size": 32, "intensity": {"modality": "MR"}},
+        "features": {"image": {"channels": "grey3"}},
+        "experiments": [{"name": "ft", "features": ["image"], "classifier": TINY_CNN},
+                        {"name": "ens", "features": ["image"], "classifier": TINY_ENSEMBLE}],
+        "evaluation": {"scheme": "repeated_kfold", "folds": 2, "repeats": 1, "seed": 0},
+        "output": output,
+        "execution": {"n_jobs": 1, "progress": False},
+    }
+    path = folder / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_learned_final_model_scores_new_cases_as_in_python(tmp_path):
+    """A fine-tuned CNN and a from-scratch ensemble get final models (fitted on every case, hashed, torch and
+    skorch versions recorded); predict scores an unlabelled cohort through the image route with
+    the numbers the saved estimator gives in Python on independently extracted ROI tensors, and
+    writes no audit beside the study."""
+    from radiodeep.learned.route import read_tensors
+
+    make_cohort(tmp_path / "cohort", n_cases=6, seed=4, modality="mr")
+    cfg = load_config(write_image_study(tmp_path, "cohort/manifest.csv", "results"))
+    result = run(cfg)
+    assert not result.experiment_errors, result.experiment_errors
+    for name in ("ft", "ens"):
+        meta = json.loads((cfg.output_dir / "models" / f"{name}.json").read_text(encoding="utf-8"))
+        assert {"torch", "skorch"} <= set(meta["versions"]) and meta["n_cases"] == 6 and meta["threshold"] == 0.5
+    written = sorted(str(p) for d in ("audit", "ensembles") for p in (cfg.output_dir / d).rglob("*"))
+    assert any("audit" in p for p in written) and any("ensembles" in p for p in written)
+
+    new = make_cohort(tmp_path / "new", n_cases=3, seed=11, modality="mr")
+    unlabelled = rewrite_manifest(new, prefix="n")
+    out = tmp_path / "scored"
+    assert main(["predict", str(cfg.output_dir), str(unlabelled), "--out", str(out), "--no-progress"]) == 0
+    pred = pd.read_csv(out / "predictions_new.csv", dtype={"case_id": str}).set_index("case_id")
+    assert len(pred) == 6 and sorted(pred["experiment"].unique()) == ["ens", "ft"]
+    # scoring new cases writes no audit or ensemble record beside the study
+    assert sorted(str(p) for d in ("audit", "ensembles") for p in (cfg.output_dir / d).rglob("*")) == written
+
+    fresh = load_config(write_image_study(tmp_path, str(unlabelled), "fresh"))
+    run(fresh, only="extract")
+    X_new = read_tensors(fresh.output_dir / "features_image.npz")
+    for name in ("ft", "ens"):
+        model = load_model(cfg.output_dir / "models" / f"{name}.joblib")
+        expected = model.pipeline.predict_proba(X_new)[:, 1]
+        got = pred[pred["experiment"] == name].loc[X_new.index]
+        np.testing.assert_array_equal(got["score"].to_numpy(), expected)
+        assert got["predicted_label"].tolist() == np.where(expected > 0.5, "short", "long").tolist()
+        assert (got["threshold"] == 0.5).all()

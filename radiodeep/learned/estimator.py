@@ -95,6 +95,9 @@ class _EpochBar(Callback):
         if hasattr(self.bar, "close"):
             self.bar.close()
 
+    def __getstate__(self):  # a fitted model pickles (final models): the bar and its iterator do not
+        return {k: v for k, v in self.__dict__.items() if k not in ("bar", "it")}
+
 
 class _Net(NeuralNetClassifier):
     """skorch's classifier with augmentation in the training step and a finiteness check."""
