@@ -231,9 +231,11 @@ class DeepConfig(_Strict):
 class ClinicalConfig(_Strict):
     """The ``clinical`` route (the covariates are ``cohort.covariates``; set up by naming them)."""
 
-    missing: Literal["refuse"] = Field(
-        "refuse", description="a case with a covariate missing fails in the clinical route (listed), "
-                              "never imputed")
+    missing: Literal["refuse", "impute"] = Field(
+        "refuse", description="refuse: a case with a covariate missing fails in the clinical route "
+                              "(listed); impute: the value is filled inside each fold from that fold's "
+                              "training cases only (median of a numeric covariate, most frequent "
+                              "category of a categorical one)")
 
 
 class FeaturesConfig(_Strict):

@@ -95,7 +95,8 @@ def _check_selector(sel, names: np.ndarray, where: str = "") -> None:
 
 
 # --------------------------------------------------------------------------- inputs and folds
-def _check_xy(X, y) -> tuple[pd.DataFrame, pd.Series]:
+def _check_xy(X, y, allow_nan: bool = False) -> tuple[pd.DataFrame, pd.Series]:
+    """``allow_nan``: the pipeline's first step imputes (inside each fold), so NaN may reach it."""
     if not isinstance(X, pd.DataFrame):
         X = pd.DataFrame(np.asarray(X))
     if not isinstance(y, pd.Series):
@@ -115,7 +116,7 @@ def _check_xy(X, y) -> tuple[pd.DataFrame, pd.Series]:
     if nonnum:
         raise ValueError(f"{len(nonnum)} non-numeric feature column(s), e.g. {nonnum[:3]}")
     vals = X.to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(vals)
+    bad = np.isinf(vals) if allow_nan else ~np.isfinite(vals)
     if bad.any():
         cols = X.columns[bad.any(axis=0)].tolist()
         raise ValueError(f"X holds missing or infinite values in {len(cols)} column(s), e.g. "
@@ -348,7 +349,8 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
         from .config import EvaluationConfig
 
         cfg = EvaluationConfig()
-    X, ys = _check_xy(X, y)
+    first = pipeline.steps[0][1] if isinstance(pipeline, Pipeline) and pipeline.steps else None
+    X, ys = _check_xy(X, y, allow_nan=bool(getattr(first, "imputes_missing", False)))
     y_arr = ys.to_numpy(dtype=int)
     where = f"experiment {experiment}: " if experiment else ""
     if not hasattr(pipeline, "fit"):

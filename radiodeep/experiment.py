@@ -155,12 +155,14 @@ def build_selector(select_cfg, routes: Mapping[str, Sequence[str]], seed: int):
     return sel
 
 
-def build_pipeline(experiment, routes: Mapping[str, Sequence[str]], seed: int):
+def build_pipeline(experiment, routes: Mapping[str, Sequence[str]], seed: int, impute=None):
     """The ``Pipeline`` of one :class:`~radiodeep.config.ExperimentConfig`.
 
     ``routes`` maps route name -> its column names in the ``X`` the pipeline will see (which
     holds only the experiment's routes' columns). Raises ``ValueError`` when the experiment cannot
     run on them (a route missing or empty, ``k`` or ``k_per_route`` above the number of features).
+    ``impute``: a transformer put first (before selection), fitted on each fold's training cases:
+    the clinical route's in-fold imputer (:class:`radiodeep.features.clinical.FoldImputer`).
     """
     from sklearn.pipeline import Pipeline
 
@@ -191,6 +193,7 @@ def build_pipeline(experiment, routes: Mapping[str, Sequence[str]], seed: int):
                              f"{n_features} features")
     selector = build_selector(sel, own, seed)
     clf = build_classifier(experiment.classifier, seed)
-    steps = [("select", selector)] if selector is not None else []
+    steps = [("impute", impute)] if impute is not None else []
+    steps += [("select", selector)] if selector is not None else []
     steps += clf.steps if isinstance(clf, Pipeline) else [("clf", clf)]
     return Pipeline(steps)

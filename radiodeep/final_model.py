@@ -164,7 +164,9 @@ def fit_final_models(config, tables: dict[str, pd.DataFrame], y: pd.Series, rout
 
                 pipe = build_learned(exp, config, X)  # the evaluation's estimator and settings
             else:
-                pipe = clone(build_pipeline(exp, routes, config.evaluation.seed))
+                from .features.clinical import fold_imputer
+
+                pipe = clone(build_pipeline(exp, routes, config.evaluation.seed, impute=fold_imputer(config, routes)))
             pipe.fit(X, yy.to_numpy())
             if is_learned(exp):
                 detach(pipe)

@@ -163,8 +163,13 @@ def methods_text(record) -> str:
     if "clinical" in routes:
         enc = routes["clinical"].provenance.get("encoding") or {}
         desc = ", ".join(f"{k} ({v['kind']})" for k, v in enc.items())
+        if str(routes["clinical"].provenance.get("missing_policy", "")).startswith("impute"):
+            miss = ("missing covariate values were imputed inside each fold from that fold's training "
+                    "cases only (median of a numeric covariate, most frequent category of a categorical one)")
+        else:
+            miss = "cases with a missing covariate were excluded, none imputed"
         parts.append(f"Clinical covariates {desc} were used as features (categorical ones as indicator "
-                     f"columns); cases with a missing covariate were excluded, none imputed.")
+                     f"columns); {miss}.")
     exps = []
     for e in cfg.get("experiments") or []:
         sel = e.get("select") or {}
@@ -218,6 +223,8 @@ def tripod_items(record) -> list[dict]:
     """TRIPOD (2015) items a run can document: which it does ("yes"/"partly") and which are the authors'."""
     coh = getattr(record, "cohort", None) or {}
     has_cov = bool(coh.get("covariates"))
+    clin = (getattr(record, "routes", None) or {}).get("clinical")
+    imputed = clin is not None and str(clin.provenance.get("missing_policy", "")).startswith("impute")
     done = bool(record.metrics)
     items = [
         ("4a", "Source of data, study design", "partly", "manifest and case ids; the design is the authors'"),
@@ -225,7 +232,8 @@ def tripod_items(record) -> list[dict]:
         ("6a", "Outcome definition", "partly", f"positive class {record.positive_label!s}; its clinical definition is the authors'"),
         ("7a", "Predictors: definition and measurement", "yes", "methods paragraph: routes, settings, weights and hashes"),
         ("8", "Sample size", "yes" if coh else "partly", "cases and events per class (cohort table)"),
-        ("9", "Missing data", "yes", "cases failing a route or missing a covariate are excluded and listed, none imputed"),
+        ("9", "Missing data", "yes", "cases failing a route are excluded and listed; missing covariates "
+         + ("imputed inside each fold (median; most frequent category)" if imputed else "excluded, none imputed")),
         ("10a", "Handling of predictors", "yes", "selection and scaling fitted within each fold"),
         ("10b", "Model type, building, predictor selection", "yes", "experiments: selector, k, classifier and its settings"),
         ("10d", "Measures of performance", "yes" if done else "no", "AUC (DeLong CI), accuracy/sensitivity/specificity (Wilson CI), Brier, calibration"),

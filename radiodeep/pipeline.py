@@ -278,7 +278,9 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
 
                     clear_record(config, exp.name)
             else:
-                pipe = build_pipeline(exp, routes, config.evaluation.seed)
+                from .features.clinical import fold_imputer
+
+                pipe = build_pipeline(exp, routes, config.evaluation.seed, impute=fold_imputer(config, routes))
             ex = config.execution
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
                            split=None if split is None else split.loc[ids], progress=progress,

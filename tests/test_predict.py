@@ -392,3 +392,64 @@ def test_learned_final_model_scores_new_cases_as_in_python(tmp_path):
         np.testing.assert_array_equal(got["score"].to_numpy(), expected)
         assert got["predicted_label"].tolist() == np.where(expected > 0.5, "short", "long").tolist()
         assert (got["threshold"] == 0.5).all()
+
+
+# --------------------------------------------------------------------------- clinical: in-fold imputation
+def test_clinical_missing_values_are_imputed_inside_each_fold(study):
+    """features.clinical.missing: impute: the NaN reaches the pipeline, whose first step fills a
+    held-out case's age with its training fold's median (not the cohort's) and its stage with
+    the fold's most frequent one; the evaluation's score is that pipeline's."""
+    from radiodeep.experiment import build_pipeline
+    from radiodeep.features.clinical import fold_imputer
+
+    tmp, _, _, _ = study
+    ages = ["31", "44", "", "52", "67", "70", "38", "81", "59", "90", "25", "63"]
+    stages = ["I", "II", "", "III", "II", "I", "III", "II", "I", "II", "III", "I"]
+    df = pd.read_csv(tmp / "cohort" / "manifest.csv", dtype=str, keep_default_na=False)
+    df["age"], df["stage"] = ages, stages
+    df.to_csv(tmp / "cohort" / "manifest_impute.csv", index=False)
+    held = df["case_id"][2]
+    data = {"name": "impute", "cohort": {"manifest": "cohort/manifest_impute.csv", "positive_label": "short",
+                                         "covariates": ["age", "stage"]},
+            "features": {"clinical": {"missing": "impute"}},
+            "experiments": [{"name": "clin-lr", "features": ["clinical"], "classifier": "logistic_regression"}],
+            "evaluation": {"scheme": "repeated_kfold", "folds": 2, "repeats": 1, "seed": 3},
+            "output": "impute", "execution": {"n_jobs": 1, "progress": False}}
+    path = tmp / "impute.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    cfg = load_config(path)
+    result = run(cfg)
+    assert not result.experiment_errors and result.failures.empty
+    X = read_features(cfg.output_dir / "features_clinical.csv")
+    assert X.loc[held].isna().all()  # the missing values reach the pipeline as NaN
+    pred = pd.read_csv(cfg.output_dir / "predictions.csv", dtype={"case_id": str}).set_index("case_id")
+    train = pred.index[pred["fold"] != pred.loc[held, "fold"]]
+    assert len(train) == 6 and held not in train
+
+    labels = (df.set_index("case_id")["label"] == "short").astype(int)
+    exp, routes = cfg.experiments[0], {"clinical": list(X.columns)}
+    pipe = build_pipeline(exp, routes, 3, impute=fold_imputer(cfg, routes)).fit(X.loc[train], labels.loc[train])
+    filled = pipe.named_steps["impute"].transform(X.loc[[held]])
+    fold_ages = df.set_index("case_id").loc[train, "age"].astype(float)
+    cohort_median = np.median([float(a) for a in ages if a])
+    assert fold_ages.median() != cohort_median  # the fold's median is not the cohort's
+    assert filled.loc[held, "clinical_age"] == fold_ages.median()
+    counts = df.set_index("case_id").loc[train, "stage"].value_counts()
+    mode = sorted(counts.index[counts == counts.max()])[0]
+    assert filled.loc[held, [f"clinical_stage_{s}" for s in ("I", "II", "III")]].tolist() == \
+        [1.0 if s == mode else 0.0 for s in ("I", "II", "III")]
+    assert pred.loc[held, "score"] == pytest.approx(pipe.predict_proba(X.loc[[held]])[0, 1], abs=1e-12)
+    # imputing from the whole cohort would have scored the case differently
+    whole = build_pipeline(exp, routes, 3, impute=fold_imputer(cfg, routes)).fit(X.loc[train], labels.loc[train])
+    whole.named_steps["impute"].medians_["clinical_age"] = cohort_median
+    assert whole.predict_proba(X.loc[[held]])[0, 1] != pytest.approx(pred.loc[held, "score"], abs=1e-9)
+    assert "imputed inside each fold" in (cfg.output_dir / "report.html").read_text(encoding="utf-8")
+    # predict: the final model's imputer (fitted on every case) fills a new case's missing age
+    unlabelled = rewrite_manifest(tmp / "cohort" / "manifest_impute.csv", prefix="i")
+    res = __import__("radiodeep.predict", fromlist=["predict"]).predict(cfg.output_dir, unlabelled, tmp / "scored_imp")
+    assert res.failures.empty and f"i{held}" in set(res.predictions["case_id"])
+    model = load_model(cfg.output_dir / "models" / "clin-lr.joblib")
+    assert model.pipeline.named_steps["impute"].medians_["clinical_age"] == cohort_median
+    got = res.predictions.set_index("case_id").loc[f"i{held}", "score"]
+    row = X.loc[[held]].rename(index={held: f"i{held}"})
+    assert got == model.pipeline.predict_proba(row)[0, 1]
