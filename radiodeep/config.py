@@ -295,7 +295,9 @@ class ClassifierConfig(_Strict):
     @classmethod
     def _known(cls, v):
         if v not in CLASSIFIERS:
-            raise ValueError(f"unknown classifier {v!r}{_suggest(v, CLASSIFIERS)}; choose one of {list(CLASSIFIERS)}")
+            names = [*CLASSIFIERS, *_learned.LEARNED_CLASSIFIERS]
+            raise ValueError(f"unknown classifier {v!r}{_suggest(v, names)}; choose one of {list(CLASSIFIERS)} "
+                             f"(on feature tables) or {list(_learned.LEARNED_CLASSIFIERS)} (with features: [image])")
         return v
 
     @property

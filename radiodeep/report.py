@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .atomic import write_atomic
 from . import plots
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -458,17 +457,7 @@ def _wbr(s: Any):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)  # a report is meant to be shared: it follows the umask
 
 
 def _frame(df: pd.DataFrame | None) -> pd.DataFrame:
