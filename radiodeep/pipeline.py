@@ -260,7 +260,8 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
             pipe = build_pipeline(exp, routes, config.evaluation.seed)
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
                            split=None if split is None else split.loc[ids], progress=progress,
-                           n_jobs=config.execution.n_jobs)
+                           n_jobs=config.execution.n_jobs, backend=config.execution.backend,
+                           address=config.execution.address)
         except Exception as err:  # noqa: BLE001 - one experiment fails alone
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
@@ -342,7 +343,14 @@ def run(config: Config, only: str | None = None) -> RunResult:
         raise RunError(reason)
     try:
         with OutputLock(out):
-            return _run(config, only)
+            ex = config.execution
+            if ex.backend != "dask" or ex.cluster is None:
+                return _run(config, only)
+            from .cluster import start_cluster
+
+            # the cluster lives as long as the run; the address is not written to the outputs
+            with start_cluster(ex.cluster) as address:
+                return _run(config, only, address=address)
     except OutputLocked as err:
         raise RunError(str(err)) from None
     except OSError as err:
@@ -360,8 +368,13 @@ def exit_code(result: RunResult, config: Config) -> int:
     return ExitCode.OK
 
 
-def _run(config: Config, only: str | None = None) -> RunResult:
+def _run(config: Config, only: str | None = None, address: str | None = None) -> RunResult:
     from .record import RouteRecord, RunRecord, write_table
+
+    written = config  # a cluster started for this run: the written config keeps 'cluster'
+    if address is not None:
+        config = config.model_copy(update={"execution": config.execution.model_copy(
+            update={"address": address, "cluster": None})})
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
@@ -373,7 +386,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
         remove_stale_evaluation(out)  # they describe the features being replaced
     result = RunResult(output_dir=out)
     env = environment()
-    (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
+    (out / "config.resolved.yaml").write_text(written.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     contact_sheet = out / "crops_contact_sheet.png"
@@ -382,11 +395,11 @@ def _run(config: Config, only: str | None = None) -> RunResult:
                  ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
                  out)
         record = _load_record(out)
-        record.config, record.environment, record.started = shareable(config.to_dict(), config.base_dir), env, started
+        record.config, record.environment, record.started = shareable(written.to_dict(), config.base_dir), env, started
         record.positive_label = cohort.positive_label
         routes = _read_exported(config, record)
     else:
-        record = RunRecord(name=config.name, config=shareable(config.to_dict(), config.base_dir),
+        record = RunRecord(name=config.name, config=shareable(written.to_dict(), config.base_dir),
                            environment=env, started=started,
                            positive_label=cohort.positive_label)
         failures: list[CaseFailure] = list(cohort.excluded)
