@@ -43,8 +43,11 @@ __all__ = ["client_for", "WorkerSetup", "start_cluster", "make_cluster", "close_
 
 CLUSTER_KINDS = ("local", "slurm", "pbs")
 PLUGIN_NAME = "radiodeep-worker-setup"
-#: what radiodeep's workers need: the scheduler retries a case once after its worker died
-SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1}
+#: a case whose worker died is retried once; a worker is sent only the cases it runs now (no
+#: queue on the worker), so a worker's death counts against those cases alone, never against
+#: innocent cases that were merely waiting there
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1,
+                    "distributed.scheduler.worker-saturation": 1.0}
 #: the modules every mapped function needs; the function's own module is added to them
 BASE_MODULES = ("numpy", "pandas", "SimpleITK", "radiodeep.execution")
 

@@ -414,6 +414,19 @@ def _module_of(func) -> str | None:
     return getattr(func, "__module__", None)
 
 
+def _value(x):
+    return x
+
+
+def _shared(client, value):
+    """``value`` as a task: each worker fetches it once, however many cases need it.
+
+    A task rather than scattered data: the scheduler keeps its recipe, so when every worker
+    that held it has died it is made again (scattered data would be lost with them).
+    """
+    return client.submit(_value, value, pure=False, key=f"radiodeep-shared-{uuid.uuid4().hex}")
+
+
 def _call_shared(item, fn):
     """On a Dask worker: ``fn`` arrives once per worker (a scattered future), the item per task."""
     return _call(fn, item)
@@ -446,7 +459,7 @@ def _map_dask(func, items, address: str):
     from .cluster import client_for
 
     client = client_for(address, [_module_of(func)])
-    shared = client.scatter(func, broadcast=True, hash=False)  # sent once, not with every case
+    shared = _shared(client, func)
     pending = deque(enumerate(items))
     owner: dict = {}
     window = _window(client)
@@ -521,7 +534,7 @@ def _calls_dask(fn, calls, shared, address):
     from .cluster import client_for
 
     client = client_for(address, [_module_of(fn)])
-    remote = {k: client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+    remote = {k: _shared(client, v) for k, v in shared.items()}
     window = _window(client)
     queue: deque = deque()
     calls = iter(calls)

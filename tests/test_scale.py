@@ -171,17 +171,12 @@ def die_once(item):
     return name
 
 
-def test_a_worker_that_dies_mid_case_is_retried_once_then_reported(tmp_path):
-    c = make_cluster(ClusterConfig(kind="local", processes=2, cores=2))
-    try:
-        items = [("fine", str(tmp_path)), ("once", str(tmp_path)), ("always", str(tmp_path))]
-        # "fine" must not die: give it a marker already
-        (tmp_path / "fine.started").write_text("x", encoding="utf-8")
-        out = {item[0]: res for item, res in map_cases(die_once, items, backend="dask",
-                                                         address=c.scheduler_address, progress=False)}
-    finally:
-        close_clients()
-        c.close()
+def test_a_worker_that_dies_mid_case_is_retried_once_then_reported(tmp_path, cluster):
+    # the module's cluster (its nannies restart the killed workers); the last test to use it
+    items = [("fine", str(tmp_path)), ("once", str(tmp_path)), ("always", str(tmp_path))]
+    (tmp_path / "fine.started").write_text("x", encoding="utf-8")  # "fine" never dies
+    out = {item[0]: res for item, res in map_cases(die_once, items, backend="dask",
+                                                     address=cluster.scheduler_address, progress=False)}
     assert out["fine"] == "fine"
     assert out["once"] == "once"  # its worker died, the retry succeeded
     assert isinstance(out["always"], WorkerDied)
