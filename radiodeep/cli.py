@@ -1,4 +1,4 @@
-"""The ``radiodeep`` command line: run, demo, validate, synth.
+"""The ``radiodeep`` command line: run, demo, validate, synth (weights, extract-deep: :mod:`radiodeep.cli_deep`).
 
 Only this module configures logging handlers and progress bars; the library
 itself logs through ``logging.getLogger(__name__)`` and never adds handlers.
@@ -47,13 +47,23 @@ def _cmd_validate(args) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
-        print(str(err), file=sys.stderr)
+        if err.config is None:  # not even the schema holds: nothing more can be checked
+            print(str(err), file=sys.stderr)
+            return 2
+        # files missing or the label named twice: list the rest too (every problem in one pass)
+        problems = list(err.problems) + [p for p in check_routes(err.config) if "file not found" not in p]
+        if err.config.resolve(err.config.cohort.manifest).is_file():
+            more = load_cohort(err.config, check_images=not args.no_images, progress=args.progress)
+            problems += more.lines()
+        print(str(ConfigError(problems, err.source)), file=sys.stderr)
         return 2
     report = load_cohort(cfg, check_images=not args.no_images, progress=args.progress)
     report.problems[:0] = check_routes(cfg)
     n = len(report.cohort) if report.cohort is not None else 0
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if report.ok:
         labels = report.cohort.labels
         counts = {v: labels.count(v) for v in sorted(set(labels))}
@@ -175,6 +185,8 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_deep import add_commands, add_download_option
+
     p = argparse.ArgumentParser(
         prog="radiodeep",
         description="Handcrafted (PyRadiomics) and deep (ImageNet CNN) radiomics features, "
@@ -190,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=ExitCode.describe())
     r.add_argument("config", type=Path, help="study YAML file")
     r.add_argument("--only", choices=["extract", "evaluate"], default=None,
-                   help="run only feature extraction, or only the experiments (on cached features)")
+                   help="run only feature extraction, or only the experiments (on the exported features; opens no image)")
     r.add_argument("--output", type=Path, default=None, help="override the config's output folder")
+    add_download_option(r)
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("demo", parents=[common],
@@ -199,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default="demo", help="folder for the demo cohort and results (default: ./demo)")
     d.add_argument("--cases", type=int, default=40, help="phantom cases (default 40, as published)")
     d.add_argument("--quick", action="store_true", help="smaller settings for a fast smoke run")
+    add_download_option(d)
     d.set_defaults(func=_cmd_demo)
 
     v = sub.add_parser("validate", parents=[common], help="check a config and its cohort, compute nothing")
@@ -213,24 +227,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=["ct", "mr"], default="ct")
     s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
     s.set_defaults(func=_cmd_synth)
+    add_commands(sub, common)  # weights, extract-deep
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("validate", "synth"):
+    from .cli_deep import apply_download_option
+
+    apply_download_option(args)  # --allow-download
+    if args.command in ("validate", "synth", "weights", "extract-deep"):
         _setup_logging(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
-        msg = f"{what}: finished cases are cached; run the same command again to resume"
-        if any(not isinstance(h, logging.NullHandler) for h in logging.getLogger("radiodeep").handlers):
-            log.error("%s", msg)
-        else:
-            print(msg, file=sys.stderr)
+        _say_error(f"{what}: finished cases are cached; run the same command again to resume")
         return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+    except OSError as err:  # a full disk, a read-only folder, a file in the way: one line, no traceback
+        from .errors import os_fault
+
+        log.debug("file-system error", exc_info=True)
+        _say_error(os_fault(err))
+        return ExitCode.STOPPED
+
+
+def _say_error(msg: str) -> None:
+    """One line on stderr, and in the log file when there is one."""
+    if any(not isinstance(h, logging.NullHandler) for h in logging.getLogger("radiodeep").handlers):
+        log.error("%s", msg)
+    else:
+        print(msg, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

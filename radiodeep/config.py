@@ -49,9 +49,10 @@ __all__ = [
 class ConfigError(ValueError):
     """A configuration problem; ``problems`` lists every one found."""
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    def __init__(self, problems: list[str], source: str | None = None, config: "Config | None" = None):
         self.problems = list(problems)
         self.source = source
+        self.config = config  # the schema-valid config when only files or the label are wrong
         head = f"invalid configuration{f' {source}' if source else ''}"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
@@ -397,7 +398,7 @@ class Config(_Strict):
         if p is None:
             return None
         p = Path(p).expanduser()
-        return p if p.is_absolute() else (self._base_dir / p)
+        return p if p.is_absolute() else Path(os.path.normpath(self._base_dir / p))
 
     @property
     def output_dir(self) -> Path:
@@ -558,7 +559,7 @@ def parse_config(data: Any, base_dir: Path | str = ".", source: str | None = Non
     cfg._base_dir = base
     problems = _check_files(cfg) + _check_label(cfg)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(problems, source, config=cfg)
     return cfg
 
 

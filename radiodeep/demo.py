@@ -23,18 +23,17 @@ HEADER = """\
 
 
 def imagenet_weights_cached(backbone: str = "alexnet") -> bool:
-    """True when torchvision's ImageNet weights for ``backbone`` are in the torch hub cache."""
-    try:
-        import torch
-        from torchvision.models import get_model_weights
+    """True when the ImageNet weights of ``backbone`` are on this machine (nothing is downloaded)."""
+    from .features.backbones import resolve_weights
 
-        url = get_model_weights(backbone)["IMAGENET1K_V1"].url
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
-    except Exception:  # noqa: BLE001 - no weights known means none cached
+    try:
+        resolve_weights(backbone, "IMAGENET1K_V1")
+        return True
+    except (ValueError, FileNotFoundError):
         return False
 
 
-def demo_config(quick: bool = False, weights: str | None = None) -> dict:
+def demo_config(quick: bool = False, weights: str | None = "IMAGENET1K_V1", deep: dict | None = None) -> dict:
     trees = 50 if quick else 200
     return {
         "name": "radiodeep demo: phantom CT cohort, short vs long survival",
@@ -45,8 +44,8 @@ def demo_config(quick: bool = False, weights: str | None = None) -> dict:
         },
         "features": {
             "handcrafted": {"mode": "3d", "settings": {"binWidth": 25, "label": 1}},
-            "deep": {"backbone": "alexnet", "weights": weights, "layer": "fc7",
-                     "activation": "post_relu", "channels": "r", "batch_size": 16},
+            "deep": deep or {"backbone": "alexnet", "weights": weights, "layer": "fc7",
+                             "activation": "post_relu", "channels": "r", "batch_size": 16},
         },
         "experiments": [
             {"name": "deep-su10-rf", "features": ["deep"], "select": {"method": "su", "k": 10},
@@ -73,18 +72,21 @@ def run_demo(folder: Path | str = "demo", n_cases: int = 40, quick: bool = False
     if not manifest.exists():
         log.info("writing a phantom CT cohort of %d cases to %s", n_cases, manifest.parent)
         make_cohort(manifest.parent, n_cases=n_cases, seed=0, modality="ct")
-    weights = "IMAGENET1K_V1" if imagenet_weights_cached("alexnet") else None
-    note = ("IMAGENET1K_V1 (found in the torch hub cache)." if weights else
-            "null: no ImageNet weights were found offline, so the network has fixed random\n"
-            "# weights (seeded) and its features are NOT ImageNet features. Put alexnet-owt-7be5be79.pth\n"
-            "# in the torch hub cache (see the README) and set weights: IMAGENET1K_V1.")
+    from .features.weights import fallback_deep_settings
+
+    deep, fallback = fallback_deep_settings(demo_config(quick=quick)["features"]["deep"])
+    if fallback is None:
+        note = f"{deep['weights']} ({deep['backbone']}, found on this machine)."
+    else:
+        note = (f"{deep['weights']} of {deep['backbone']}: the ImageNet weights installed with radiodeep.\n"
+                "# AlexNet's (alexnet-owt-7be5be79.pth) are not in the torch hub cache; with them there\n"
+                "# (see the README: radiodeep weights import FILE) the demo uses alexnet fc7, as published.")
     study = folder / "study.yaml"
-    cfg_dict = demo_config(quick=quick, weights=weights)
+    cfg_dict = demo_config(quick=quick, deep=deep)
     study.write_text(HEADER.format(path=study, weights_note=note)
                      + yaml.safe_dump(cfg_dict, sort_keys=False), encoding="utf-8")
     config = load_config(study)
     config.execution.progress = progress
-    if weights is None:
-        log.warning("demo: no ImageNet weights available offline; the deep route uses random "
-                    "weights (see %s)", study)
+    if fallback is not None:
+        log.info("demo: %s", fallback)
     return run(config)

@@ -74,9 +74,10 @@ def os_fault(err: OSError, path=None) -> str:
         fix = ("free disk space (or give --output / execution.cache_dir on another disk) and run "
                "the same command again: finished cases are cached and are not recomputed")
     elif code in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
-        fix = "make it writable, or choose another output folder with --output"
+        fix = ("check its permissions (a read-only disk?), or choose another folder (--output; "
+               "execution.cache_dir for the feature cache)")
     elif code in (_errno.EEXIST, _errno.ENOTDIR):
-        fix = "a file is in the way of that folder: move it, or choose another output folder with --output"
+        fix = "a file is in the way of that folder: move it, or choose another folder"
     elif code == _errno.ENAMETOOLONG:
         fix = "choose a shorter output path (--output) or shorter case ids"
     else:

@@ -38,8 +38,8 @@ import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["CLASSIFIERS", "ClassifierSpec", "register_classifier", "classifier_names",
-           "needs_scaling", "build_classifier", "build_selector", "build_pipeline"]
+__all__ = ["CLASSIFIERS", "ClassifierSpec", "register_classifier", "build_classifier",
+           "build_selector", "build_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,6 @@ for _spec in (
 ):
     register_classifier(_spec)
 del _spec
-
-
-def classifier_names() -> tuple[str, ...]:
-    return tuple(CLASSIFIERS)
-
-
-def needs_scaling(name: str) -> bool:
-    """Whether the model is standardised inside its pipeline (SVMs, logistic regression)."""
-    return CLASSIFIERS[name].scaled
 
 
 def build_classifier(cfg, seed: int):
@@ -183,6 +174,12 @@ def build_pipeline(experiment, routes: Mapping[str, Sequence[str]], seed: int):
             raise ValueError(f"experiment {name}: route {r!r} has no features")
     n_features = sum(len(c) for c in own.values())
     sel = experiment.select
+    spec = CLASSIFIERS.get(experiment.classifier.name)
+    if spec is not None and spec.inputs == "image":  # a model that reads the ROI itself
+        if sel.method != "none":
+            raise ValueError(f"experiment {name}: classifier {spec.name} learns from the images; "
+                             f"feature selection does not apply (select: {{method: none}})")
+        return Pipeline([("clf", build_classifier(experiment.classifier, seed))])
     if sel.method != "none":
         if sel.k_per_route is not None:
             for r, cols in own.items():

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from .errors import CaseError
 
 __all__ = ["GeometryPolicy", "read_image", "image_info", "ImageInfo", "geometry_mismatch", "resample_like", "mask_labels",
-           "read_case_images", "read_case_sequences", "verify_compressed", "check_values"]
+           "read_case_images", "read_case_sequences", "check_scalar", "verify_compressed", "check_values"]
 
 _CHUNK = 1 << 20
 
@@ -90,20 +90,19 @@ def _nrrd_payload(path: Path) -> tuple[Path, int] | None:
     return (path, offset)
 
 
-@functools.lru_cache(maxsize=4096)
-def _verified(path: str, size: int, mtime_ns: int) -> str | None:
-    """The integrity problem of a file (None: sound), once per file version and process."""
-    p = Path(path)
-    if p.name.lower().endswith(".gz"):
-        return _gzip_problem(p)
-    if p.suffix.lower() in (".nrrd", ".nhdr"):
-        payload = _nrrd_payload(p)
-        if payload is not None:
-            data, offset = payload
-            if not data.is_file():
-                return f"NRRD data file not found: {data}"
-            return _gzip_problem(data, offset)
+def _compressed_part(path: Path) -> tuple[Path, int] | None:
+    """The gzip data of an input (file, offset), or None when it holds none."""
+    if path.name.lower().endswith(".gz"):
+        return (path, 0)
+    if path.suffix.lower() in (".nrrd", ".nhdr"):
+        return _nrrd_payload(path)
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(path: str, offset: int, size: int, mtime_ns: int) -> str | None:
+    """The integrity problem of a gzip stream (None: sound), once per file version and process."""
+    return _gzip_problem(Path(path), offset)
 
 
 def verify_compressed(path: Path | str, case_id: str = "?", what: str = "image") -> None:
@@ -111,10 +110,17 @@ def verify_compressed(path: Path | str, case_id: str = "?", what: str = "image")
     p = Path(path)
     if not p.is_file():
         return
-    st = p.stat()
-    problem = _verified(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    part = _compressed_part(p)
+    if part is None:
+        return
+    data, offset = part
+    if not data.is_file():
+        raise CaseError(case_id, f"{what} file {p} names a data file that is not there: {data}")
+    st = data.stat()
+    problem = _verified(str(data.resolve()), offset, st.st_size, st.st_mtime_ns)
     if problem is not None:
-        raise CaseError(case_id, f"{what} file {p} is damaged: its compressed data fail the gzip check "
+        where = f"{what} file {p}" + (f" (its data file {data.name})" if data != p else "")
+        raise CaseError(case_id, f"{where} is damaged: its compressed data fail the gzip check "
                                  f"({problem}); copy the file again from its source")
 
 
@@ -150,7 +156,10 @@ def check_values(img: sitk.Image, case_id: str = "?", what: str = "image", path:
     arr = sitk.GetArrayViewFromImage(img)
     where = f"{what} file {path}" if path is not None else what
     if arr.dtype.kind == "f":
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        flat = arr.reshape(-1)
+        step = 1 << 22  # in chunks: no temporary the size of the volume
+        bad = sum(int(c.size - np.count_nonzero(np.isfinite(c)))
+                  for c in (flat[i:i + step] for i in range(0, flat.size, step)))
         if bad:
             raise CaseError(case_id, f"{where} holds {bad} NaN or infinite voxel value(s) of {arr.size}; "
                                      "fix or re-export the image")
@@ -290,7 +299,10 @@ def geometry_mismatch(image, mask, tol: float = 1e-3, what: str = "mask") -> str
     if ni != nm:
         return f"the image is {_shape_words(image)}, the {what} {_shape_words(mask)}"
     if image.GetDimension() != mask.GetDimension():
-        return f"dimension differs: image {image.GetDimension()}D, {what} {mask.GetDimension()}D"
+        words = {4: " (a 4D series: several volumes, e.g. time points; radiodeep needs one 3D volume)",
+                 2: " (a single slice)"}
+        return (f"dimension differs: image {image.GetDimension()}D{words.get(image.GetDimension(), '')}, "
+                f"{what} {mask.GetDimension()}D{words.get(mask.GetDimension(), '')}")
     if image.GetSize() != mask.GetSize():
         return f"size differs: image {tuple(image.GetSize())}, {what} {tuple(mask.GetSize())}"
     isp, msp = np.array(image.GetSpacing()), np.array(mask.GetSpacing())
@@ -324,7 +336,8 @@ def mask_labels(mask: sitk.Image) -> list[int]:
     return [int(v) for v in np.unique(arr) if v != 0]
 
 
-def _scalar(img, case_id: str, what: str, path) -> None:
+def check_scalar(img, case_id: str, what: str, path) -> None:
+    """Raise :class:`CaseError` unless ``img`` (an image or :class:`ImageInfo`) has one value per voxel."""
     n = img.GetNumberOfComponentsPerPixel()
     if n != 1:
         raise CaseError(case_id, f"{what} {path} is {_shape_words(img)}; radiodeep needs a scalar (grey) "
@@ -359,12 +372,12 @@ def read_case_images(case, tol: float = 1e-3, resample_mask: bool = False, notes
     what was adapted (the mask resampled, one label used of several) is appended to it.
     """
     image = read_image(case.image, case.case_id, "image")
-    _scalar(image, case.case_id, "image", case.image)
+    check_scalar(image, case.case_id, "image", case.image)
     dicom_mask = _dicom_mask(case, image, notes)
     if dicom_mask is not None:
         return image, dicom_mask
     mask = read_image(case.mask, case.case_id, "mask")
-    _scalar(mask, case.case_id, "mask", case.mask)
+    check_scalar(mask, case.case_id, "mask", case.mask)
     mask = _on_grid(image, mask, tol, case.case_id, "mask", resample_mask, notes)
     labels = mask_labels(mask)
     if not labels:
@@ -385,7 +398,7 @@ def read_case_sequences(case, image: sitk.Image, tol: float = 1e-3) -> list[sitk
     for i, p in enumerate(case.sequences):
         what = f"sequence {i + 1} ({Path(p).name})"
         seq = read_image(p, case.case_id, what)
-        _scalar(seq, case.case_id, what, p)
+        check_scalar(seq, case.case_id, what, p)
         out.append(_on_grid(image, seq, tol, case.case_id, what, False, None))
     return out
 

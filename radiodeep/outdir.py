@@ -30,7 +30,7 @@ __all__ = ["check_writable", "OutputLock", "OutputLocked", "remove_stale_evaluat
 LOCK_NAME = ".radiodeep.lock"
 # what an evaluation writes from the features: recomputable with `radiodeep run --only evaluate`
 EVALUATION_OUTPUTS = ("metrics.csv", "metrics.json", "predictions.csv", "selected_features.csv",
-                      "delong.csv", "report.html", "roc_curves.png", "run_record.json")
+                      "delong.csv", "report.html", "roc_curves.png")
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, however it dies
     import fcntl
@@ -123,7 +123,7 @@ class OutputLock:
                 if not same:
                     os.close(fd)
                     continue
-                if fcntl is None and self._live_holder():
+                if not self._flocked and self._live_holder():  # no kernel lock here: the PID decides
                     raise OutputLocked(self._refusal())
                 previous = self._read(fd)
                 if previous and previous.get("pid") != os.getpid():
@@ -156,8 +156,9 @@ class OutputLock:
         self._fd = None
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _try_lock(fd: int) -> bool:
+    def _try_lock(self, fd: int) -> bool:
+        """False when another process holds the kernel lock; sets ``_flocked``."""
+        self._flocked = False
         if fcntl is None:  # pragma: no cover
             return True
         try:
@@ -168,6 +169,7 @@ class OutputLock:
             if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # a file system without locks: PID check
                 return True
             raise
+        self._flocked = True
         return True
 
     @staticmethod
@@ -178,10 +180,13 @@ class OutputLock:
         except (OSError, ValueError):
             return {}
 
-    def _live_holder(self) -> bool:  # pragma: no cover - platforms without flock
+    def _live_holder(self) -> bool:
+        """Without kernel locks: is the PID in the lock file (another host's: assumed) alive?"""
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            return False
+        if not info or info.get("pid") == os.getpid():
             return False
         return info.get("host") != socket.gethostname() or _pid_alive(int(info.get("pid", -1)))
 

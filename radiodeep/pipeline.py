@@ -45,6 +45,7 @@ class RunResult:
     experiment_errors: dict[str, str] = field(default_factory=dict)
     features: dict[str, pd.DataFrame] = field(default_factory=dict)
     report: Path | None = None
+    random_weights: list[str] = field(default_factory=list)  # routes whose network had random weights
 
     def summary(self) -> str:
         lines = []
@@ -62,6 +63,10 @@ class RunResult:
         if self.report is not None:
             lines.append(f"report: {self.report}")
         lines.append(f"outputs in: {self.output_dir}")
+        from .features.weights import random_weights_line
+
+        if self.random_weights:  # last, where the eye lands at the end of a run
+            lines.append(random_weights_line(self.random_weights))
         return "\n".join(lines)
 
 
@@ -85,6 +90,8 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     cohort = report.cohort
     for note in report.notes:
         log.info("%s", note)
+    for warning in report.warnings:
+        log.warning("%s", warning)
     if report.failures:
         listing = "\n".join(f"  - case {f.case_id}: {f.reason}" for f in report.failures)
         if config.cohort.on_invalid == "error":
@@ -155,7 +162,9 @@ def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = F
         t0 = time.perf_counter()
         log.info("extracting %s features for %d cases", name, len(cohort))
         route = get_route(name)
-        res = route.extract(cohort, route.settings_from_config(config), context)
+        settings = route.settings_from_config(config)
+        res = route.extract(cohort, settings, context)
+        res.provenance["settings_key"] = settings.cache_key()  # run_record.json keeps it
         for f in res.failures:
             log.warning("case %s failed in %s route: %s", f.case_id, name, f.reason)
         log.info("%s: %d cases x %d features in %.1f s (%d failed)", name, res.features.shape[0],
@@ -166,36 +175,22 @@ def extract_routes(cohort, config: Config, *, progress: bool, previews: bool = F
 
 def route_settings_key(name: str, config: Config) -> str:
     """The settings (cache) key the config gives route ``name``: what its features depend on."""
-    try:
-        from .features.routes import get_route  # the routes' one interface, where present
-    except ImportError:
-        get_route = None
-    if get_route is not None:
-        route = get_route(name)
-        return route.settings_from_config(config).cache_key()
-    from .config import settings_hash
+    from .features.routes import get_route
 
-    if name == "handcrafted":
-        from .features.handcrafted import _store_settings, handcrafted_settings
-
-        hc = config.features.handcrafted
-        settings = _store_settings(handcrafted_settings(hc, config.base_dir), hc.mode, config)
-    else:
-        from .features.deep import deep_settings
-
-        settings = deep_settings(config)
-    return settings_hash(json.loads(json.dumps(settings, default=str)))
+    return get_route(name).settings_from_config(config).cache_key()
 
 
 def _read_exported(config: Config, record) -> dict[str, RouteResult]:
     """The exported feature tables, exactly as the extraction wrote them, after checking that
     they were made with the settings the config gives now."""
+    from .features.routes import configured_routes
+    from .record import file_sha256
+
     out = config.output_dir
     results = {}
     problems = []
-    for route in ROUTES:
-        if getattr(config.features, route) is None:
-            continue
+
+    for route in configured_routes(config):
         rec = record.routes.get(route)
         if rec is None:
             problems.append(f"no {route} features were extracted in {out} (run_record.json)")
@@ -203,6 +198,10 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
         p = out / rec.features_csv
         if not p.exists():
             problems.append(f"{p} is missing")
+            continue
+        if rec.sha256 and file_sha256(p) != rec.sha256:
+            problems.append(f"{p.name} changed since it was extracted (its SHA-256 is not the one in "
+                            f"run_record.json)")
             continue
         key = route_settings_key(route, config)
         if key != rec.settings_key:
@@ -214,10 +213,6 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
         raise RunError("--only evaluate cannot use the exported features; run 'radiodeep run CONFIG' "
                        "(or --only extract) first:\n" + "\n".join(f"  - {m}" for m in problems))
     return results
-
-
-def _failures_frame(failures: list[CaseFailure]) -> pd.DataFrame:
-    return pd.DataFrame([f.to_dict() for f in failures], columns=["case_id", "stage", "reason"])
 
 
 def _describe(exp) -> dict:
@@ -295,7 +290,10 @@ def _metric_columns() -> list[str]:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable), encoding="utf-8")
+    from .record import _clean  # NaN -> null: strict JSON
+
+    path.write_text(json.dumps(_clean(json.loads(json.dumps(obj, default=_jsonable))), indent=2,
+                               sort_keys=True, allow_nan=False), encoding="utf-8")
 
 
 def _jsonable(v):
@@ -324,16 +322,11 @@ def _load_record(out: Path):
 def run(config: Config, only: str | None = None) -> RunResult:
     """Run a study; ``only`` is None, ``"extract"`` or ``"evaluate"``.
 
-    Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
-    drawn from it. ``--only evaluate`` reloads it and opens no image: labels come from the
-    manifest, features from the exported CSVs (checked against the config's route settings),
-    failures from the record. A full run evaluates those same exported CSVs, so both give
-    byte-identical metrics, predictions and selection tables.
-
     The output folder is locked for the whole run (a second run on it is refused with the
     first one's PID and start time). A foreseeable file-system fault (disk full, folder not
     writable) stops the run with a :class:`RunError` naming the path and the fix; every case
-    finished before it stays cached.
+    finished before it stays cached. Nothing written holds an absolute path of this machine
+    (paths are shown relative to the study folder), so a report can be shared.
     """
     from .outdir import OutputLock, OutputLocked
 
@@ -369,7 +362,15 @@ def exit_code(result: RunResult, config: Config) -> int:
 
 
 def _run(config: Config, only: str | None = None, address: str | None = None) -> RunResult:
-    from .record import RouteRecord, RunRecord, write_table
+    """:func:`run` inside the lock.
+
+    Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
+    drawn from it. ``--only evaluate`` reloads it and opens no image: labels come from the
+    manifest, features from the exported CSVs (checked against the config's route settings),
+    failures from the record. A full run evaluates those same exported CSVs, so both give
+    byte-identical metrics, predictions and selection tables.
+    """
+    from .record import RouteRecord, RunRecord, file_sha256, write_table
 
     written = config  # a cluster started for this run: the written config keeps 'cluster'
     if address is not None:
@@ -385,22 +386,23 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
 
         remove_stale_evaluation(out)  # they describe the features being replaced
     result = RunResult(output_dir=out)
+    base = config.base_dir  # paths in what is written: relative to the study folder
     env = environment()
     (out / "config.resolved.yaml").write_text(written.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     contact_sheet = out / "crops_contact_sheet.png"
     if only == "evaluate":
-        log.info("--only evaluate: reading the exported features (%s) in %s",
+        log.info("--only evaluate: reading the run record and the exported features (%s) in %s",
                  ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
                  out)
         record = _load_record(out)
-        record.config, record.environment, record.started = shareable(written.to_dict(), config.base_dir), env, started
+        record.config, record.environment, record.started = shareable(written.to_dict(), base), env, started
         record.positive_label = cohort.positive_label
         routes = _read_exported(config, record)
     else:
-        record = RunRecord(name=config.name, config=shareable(written.to_dict(), config.base_dir),
-                           environment=env, started=started,
+        record = RunRecord(name=config.name, config=shareable(written.to_dict(), base), environment=env,
+                           started=started,
                            positive_label=cohort.positive_label)
         failures: list[CaseFailure] = list(cohort.excluded)
         extracted = extract_routes(cohort, config, progress=progress, previews=True)
@@ -408,11 +410,11 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
         for name, res in extracted.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
-            prov = shareable(prov, config.base_dir)  # provenance may be shared: no path of this machine
+            prov = shareable(_plain(prov), base)
             csv = export_csv(res.features, out / f"features_{name}.csv", prov)
-            record.routes[name] = RouteRecord(name, route_settings_key(name, config), csv.name,
+            record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
-                                              _plain(prov))
+                                              _plain(prov), sha256=file_sha256(csv))
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
@@ -421,11 +423,14 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
 
             write_sheet(previews, contact_sheet)
             record.outputs["contact_sheet"] = contact_sheet.name
-        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, config.base_dir)} for f in failures]
+        record.failures = [{**f.to_dict(), "reason": shareable(f.reason, base)} for f in failures]
         record.computed = ["extract"]
         # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
         routes = {name: RouteResult(name, read_features(out / rec.features_csv), provenance=rec.provenance)
                   for name, rec in record.routes.items()}
+    from .features.weights import random_weight_routes
+
+    result.random_weights = random_weight_routes({name: res.provenance for name, res in routes.items()})
     result.failures = record.failures_frame()
     write_table(result.failures, out / "failures.csv")
     if only == "extract" or not config.experiments:
@@ -446,12 +451,13 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
         config, tables, y, split, progress=progress)
     result.metrics, result.predictions, result.selection = metrics, predictions, selection
     result.delong, result.experiment_errors = delong, errors
+    errors = shareable(errors, base)
     if metrics.empty:  # every experiment failed: the file still says what it would hold
         metrics = pd.DataFrame(columns=_metric_columns())
     write_table(metrics, out / "metrics.csv")
     _write_json(out / "metrics.json", {
         "experiments": metrics.to_dict(orient="records"),
-        "errors": shareable(errors, config.base_dir),
+        "errors": errors,
         "evaluation": config.evaluation.model_dump(mode="json"),
     })
     write_table(predictions, out / "predictions.csv")
@@ -470,7 +476,7 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
 
     from .record import write_report
 
-    result.report = write_report(record, out)
+    result.report = write_report(RunRecord.load(out), out)  # from what was persisted, nothing else
     return result
 
 

@@ -61,12 +61,59 @@ def _shorten(s: str, width: int) -> str:
     return s if len(s) <= width else s[: width - 1] + "\u2026"
 
 
-def _shorten_middle(s: str, width: int) -> str:
-    """Long feature names lose their middle, keeping the route prefix and the distinguishing end."""
-    if len(s) <= width:
-        return s
-    head = (width - 1) // 2
-    return s[:head] + "\u2026" + s[len(s) - (width - 1 - head):]
+_JOINTS = "_-.:"
+
+
+def _wrap(s: str, width: int) -> list[str]:
+    """``s`` on lines of at most ``width`` characters, broken after its joints (``_ - . :``);
+    every character is kept, so distinct names give distinct labels."""
+    lines, cur = [], ""
+    tokens, tok = [], ""
+    for ch in s:
+        tok += ch
+        if ch in _JOINTS:
+            tokens.append(tok)
+            tok = ""
+    if tok:
+        tokens.append(tok)
+    for t in tokens:
+        while len(t) > width:  # a joint-free run longer than a line: cut it
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(t[:width])
+            t = t[width:]
+        if len(cur) + len(t) > width and cur:
+            lines.append(cur)
+            cur = ""
+        cur += t
+    if cur:
+        lines.append(cur)
+    return lines or [""]
+
+
+def common_prefix(names: Sequence[str]) -> str:
+    """The longest prefix, ending at a joint, that every name shares (and none is made of)."""
+    if len(names) < 2:
+        return ""
+    first, last = min(names), max(names)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    cut = max((i + 1 for i in range(n) if first[i] in _JOINTS), default=0)
+    if any(len(x) <= cut for x in names):
+        return ""
+    return first[:cut]
+
+
+def feature_labels(names: Sequence[str], width: int = 34) -> tuple[str, list[str]]:
+    """(prefix shared by every name, the rest of each name wrapped on lines of ``width``).
+
+    Nothing is cut from the middle: two different features never show the same label.
+    """
+    names = [str(x) for x in names]
+    prefix = common_prefix(names)
+    return prefix, ["\n".join(_wrap(x[len(prefix):], width)) for x in names]
 
 
 def _figure(width: float, height: float):
@@ -151,8 +198,10 @@ def selection_figure(features: Sequence[str], routes: Sequence[str], frequency: 
 
     colours = dict(route_colours or {})
     n = len(features)
+    prefix, labels = feature_labels([str(f) for f in features])
+    n_lines = sum(lab.count("\n") + 1 for lab in labels)
     with matplotlib.rc_context(_RC):
-        fig = _figure(5.2, 0.25 * max(n, 3) + 1.1)
+        fig = _figure(5.2, 0.1 * max(n, 3) + 0.16 * max(n_lines, 3) + 1.1 + (0.2 if prefix else 0.0))
         ax = fig.add_subplot(1, 1, 1)
         ypos = np.arange(n)[::-1]
         bar_colours = [colours.get(r, UNKNOWN_ROUTE_COLOUR) for r in routes]
@@ -160,7 +209,10 @@ def selection_figure(features: Sequence[str], routes: Sequence[str], frequency: 
         ax.barh(ypos, freq, color=bar_colours, height=0.72, edgecolor="none")
         for yy, f in zip(ypos, freq):
             ax.text(f + 0.015, yy, f"{100 * f:.0f}%", va="center", ha="left", fontsize=8, color="#3E4C59")
-        ax.set_yticks(ypos, [_shorten_middle(mpl_text(f), 38) for f in features])
+        ax.set_yticks(ypos, [mpl_text(lab) for lab in labels], fontsize=7.5 if n_lines > n else None)
+        if prefix:
+            ax.set_title(f"feature names without their common prefix \u201c{mpl_text(prefix)}\u201d",
+                         loc="left", color="#52606D", fontsize=8)
         ax.set_xlim(0, 1.13)
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
         ax.set_xlabel("Selected in % of fits")

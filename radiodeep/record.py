@@ -14,6 +14,7 @@ frequencies, features) are CSV files in the same folder, named in :attr:`RunReco
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["RECORD_NAME", "SCHEMA", "RouteRecord", "RunRecord", "write_table", "write_report"]
+__all__ = ["RECORD_NAME", "SCHEMA", "RouteRecord", "RunRecord", "file_sha256", "write_table", "write_report"]
 
 RECORD_NAME = "run_record.json"
 SCHEMA = 1
@@ -41,6 +42,15 @@ class RouteRecord:
     n_cases: int
     n_features: int
     provenance: dict = field(default_factory=dict)
+    sha256: str = ""  # of the CSV as written: --only evaluate refuses a table changed since
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass
@@ -140,6 +150,7 @@ def write_table(df: pd.DataFrame, path: Path, *, index: bool = False) -> Path:
 # --------------------------------------------------------------------------- the report
 def write_report(record: RunRecord, out_dir: Path) -> Path:
     """``report.html`` from the record and the tables it names in the same folder, nothing else."""
+    from .features.store import EXACT_FLOATS
     from .report import write_report as render
 
     out_dir = Path(out_dir)
@@ -148,7 +159,7 @@ def write_report(record: RunRecord, out_dir: Path) -> Path:
         name = record.outputs.get(role)
         if not name or not (out_dir / name).exists():
             return pd.DataFrame()
-        return pd.read_csv(out_dir / name, dtype={"case_id": str}, float_precision="round_trip")
+        return pd.read_csv(out_dir / name, dtype={"case_id": str}, **EXACT_FLOATS)
 
     sheet = record.outputs.get("contact_sheet")
     provenance = {

@@ -446,6 +446,12 @@ def _frame(df: pd.DataFrame | None) -> pd.DataFrame:
     return pd.DataFrame() if df is None else df
 
 
+def _random_weights(provenance: dict) -> str | None:
+    from .features.weights import random_weight_routes, random_weights_line
+
+    return random_weights_line(random_weight_routes(provenance.get("routes")))
+
+
 def write_report(out_dir: Path, *, title: str,
                  metrics: pd.DataFrame,
                  predictions: pd.DataFrame,
@@ -526,6 +532,7 @@ def write_report(out_dir: Path, *, title: str,
         "contact_sheet": _contact_sheet(contact_sheet),
         "contact_sheet_requested": contact_sheet is not None,
         "provenance": _provenance(provenance),
+        "random_weights": _random_weights(provenance),
     }
     html = _environment().get_template(TEMPLATE_NAME).render(**context)
     path = out_dir / "report.html"

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from .cohort import Cohort, check_cases, read_manifest
 from .config import Config
 from .errors import CaseError, CaseFailure
-from .imageio import GeometryPolicy, geometry_mismatch, image_info, read_case_images, read_case_sequences
+from .imageio import GeometryPolicy, check_scalar, geometry_mismatch, image_info, read_case_images, read_case_sequences
 from .progress import progress as _progress
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class CohortReport:
     problems: list[str] = field(default_factory=list)  # manifest/config level: block any run
     failures: list[CaseFailure] = field(default_factory=list)  # per case
     notes: list[str] = field(default_factory=list)  # per case, what was adapted (not a problem)
+    warnings: list[str] = field(default_factory=list)  # per case, what computes but means little
 
     @property
     def ok(self) -> bool:
@@ -57,6 +58,7 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
                                 f"{want!r}; found {sorted(s for s in splits if s) or 'none'}")
     failures: list[CaseFailure] = []
     notes: list[str] = []
+    warnings: list[str] = []
     if check_images:
         policy = GeometryPolicy.of(cc)
         needs = _route_needs(config)
@@ -66,26 +68,34 @@ def load_cohort(config: Config, *, check_images: bool = True, progress: bool = F
             said: list[str] = []
             image, mask = read_case_images(case, policy.tolerance, policy.resample_mask, notes=said)
             read_case_sequences(case, image, policy.tolerance)
-            said += _route_case_problems(case, image, mask, needs, config)
             notes.extend(f"case {case.case_id}: {n}" for n in said)
+            warned: list[str] = []
+            try:
+                _route_case_problems(case, image, mask, needs, config, warned)
+            finally:
+                warnings.extend(f"case {case.case_id}: {w}" for w in warned)
 
         failures = check_cases(_progress(cohort.cases, desc="checking cases", enabled=progress),
                                check, stage="input")
-    return CohortReport(cohort, problems, failures, notes)
+    return CohortReport(cohort, problems, failures, notes, warnings)
 
 
 def _header_geometry(case, policy: GeometryPolicy) -> None:
     """Geometry from the headers alone, before any voxel is read (a mismatch is found cheaply;
     with resample_mask the mask's own is left to the reader)."""
     image = image_info(case.image, case.case_id, "image")
+    check_scalar(image, case.case_id, "image", case.image)
     from .masks import dicom_kind
 
     # an RTSTRUCT/DICOM-SEG mask has no grid of its own: it is drawn on the image's grid
-    mask_on_grid = policy.resample_mask or dicom_kind(case.mask, case.case_id) is not None
-    others = [] if mask_on_grid else [("mask", case.mask)]
+    others = [] if dicom_kind(case.mask, case.case_id) is not None else [("mask", case.mask)]
     others += [(f"sequence {i + 1} ({p.name})", p) for i, p in enumerate(case.sequences)]
     for what, path in others:
-        problem = geometry_mismatch(image, image_info(path, case.case_id, what), policy.tolerance, what=what)
+        other = image_info(path, case.case_id, what)
+        check_scalar(other, case.case_id, what, path)
+        if what == "mask" and policy.resample_mask:
+            continue  # the reader resamples it
+        problem = geometry_mismatch(image, other, policy.tolerance, what=what)
         if problem is not None:
             if what == "mask":
                 raise CaseError(case.case_id, f"image/mask geometry mismatch: {problem} "
@@ -122,8 +132,8 @@ def _route_needs(config: Config) -> _Needs:
     return needs
 
 
-def _route_case_problems(case, image, mask, needs: _Needs, config: Config) -> list[str]:
-    """Raise (in plain words) what would make a route fail on this case; return warnings."""
+def _route_case_problems(case, image, mask, needs: _Needs, config: Config, warnings: list[str]) -> None:
+    """Raise (in plain words) what would make a route fail on this case; append warnings."""
     from .roi import choose_slices, plane_axis
 
     cid = case.case_id
@@ -136,13 +146,12 @@ def _route_case_problems(case, image, mask, needs: _Needs, config: Config) -> li
     if dim == 2 and config.roi.plane != "axial":
         raise CaseError(cid, f"image is 2D (a single slice); roi.plane {config.roi.plane!r} is not available, "
                              "use 'axial'")
-    warnings = []
     values = sitk.GetArrayViewFromImage(image)
     if values.size and values.min() == values.max():
         warnings.append(f"the image is constant (every voxel is {float(values.min()):g}): texture and deep "
                         "features carry no information")
     if needs.handcrafted_mode is None:
-        return warnings
+        return
     m = sitk.GetArrayViewFromImage(mask)
     m = m[None] if m.ndim == 2 else m
     spacing = tuple(float(s) for s in image.GetSpacing())
@@ -175,7 +184,6 @@ def _route_case_problems(case, image, mask, needs: _Needs, config: Config) -> li
             about = "" if not needs.resampled else f" (about {estimate:.0f} after resampling to {list(needs.resampled)} mm)"
             raise CaseError(cid, f"{where} has {n} voxel(s){about}, fewer than the parameter file's minimumROISize "
                                  f"= {needs.min_size}: the handcrafted route would fail on this case")
-    return warnings
 
 
 def check_routes(config: Config) -> list[str]:

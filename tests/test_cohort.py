@@ -142,7 +142,8 @@ def test_missing_manifest_column(tmp_path):
     assert "missing column(s) ['mask']" in report.problems[0]
 
 
-def test_dicom_series_folder_reads_and_drops_patient_fields(tmp_path):
+def test_dicom_series_folder_reads(tmp_path):
+    """A series folder reads in slice order (header stripping: see the single-file test below)."""
     arr = (np.arange(4 * 8 * 8).reshape(4, 8, 8) % 50).astype(np.int16)
     folder = tmp_path / "dicom"
     folder.mkdir()
@@ -162,7 +163,7 @@ def test_dicom_series_folder_reads_and_drops_patient_fields(tmp_path):
     img = read_image(folder, "d1")
     assert img.GetSize() == (8, 8, 4)
     assert np.array_equal(sitk.GetArrayFromImage(img), arr)
-    assert not any("DOE" in img.GetMetaData(k) or "MRN" in img.GetMetaData(k) for k in img.GetMetaDataKeys())
+    assert img.GetSpacing() == pytest.approx((0.8, 0.8, 2.0))
 
 
 def test_nifti_and_mha_read(tmp_path):
@@ -170,3 +171,70 @@ def test_nifti_and_mha_read(tmp_path):
     for ext in ("nii.gz", "mha"):
         p = write_volume(tmp_path / f"v.{ext}", arr)
         assert np.allclose(sitk.GetArrayFromImage(read_image(p)), arr)
+
+
+def _write_dicom_file(path, arr: np.ndarray) -> None:
+    """A CT slice as a single DICOM file, with recognisable identifying fields (pydicom)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "DOE^JANE", "MRN12345", "19700101"
+    ds.InstitutionName, ds.ReferringPhysicianName = "ST ELSEWHERE HOSPITAL", "HOUSE^GREGORY"
+    ds.AccessionNumber, ds.StudyDate = "ACC998877", "20240102"
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = arr.shape
+    ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 2.0
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    ds.PixelData = arr.astype("<i2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_single_dicom_file_reads_and_nothing_identifying_leaks(tmp_path):
+    """The single-file path (the one SimpleITK fills with the whole header) is stripped, and no
+    header value reaches the cohort's case, the route's outputs or their provenance."""
+    arr = (np.arange(16 * 16).reshape(16, 16) % 97 - 40).astype(np.int16)
+    path = tmp_path / "slice.dcm"
+    _write_dicom_file(path, arr)
+    secrets = ("DOE", "MRN12345", "19700101", "ELSEWHERE", "HOUSE", "ACC998877", "20240102")
+    raw = sitk.ReadImage(str(path))  # SimpleITK alone hands the header on
+    assert raw.GetMetaData("0010|0010").startswith("DOE^JANE")
+    img = read_image(path, "d1")
+    assert np.array_equal(sitk.GetArrayFromImage(img).reshape(16, 16), arr)
+    assert img.GetMetaDataKeys() == ()
+    # through a whole cohort and the handcrafted route's outputs
+    mask = np.zeros((1, 16, 16), np.uint8)
+    mask[0, 4:12, 4:12] = 1
+    m = sitk.GetImageFromArray(mask)
+    m.CopyInformation(img)
+    sitk.WriteImage(m, str(tmp_path / "slice_mask.nrrd"))
+    rows = [{"case_id": f"d{i}", "image": "slice.dcm", "mask": "slice_mask.nrrd", "label": "ab"[i % 2]}
+            for i in range(2)]
+    write_manifest(tmp_path / "cohort.csv", rows)
+    cfg = parse_config({"cohort": {"manifest": "cohort.csv", "positive_label": "b"},
+                        "features": {"handcrafted": {"settings": {"binWidth": 25}, "mode": "2d"}},
+                        "output": "out"}, base_dir=tmp_path)
+    report = load_cohort(cfg)
+    assert report.ok, report.lines()
+    from radiodeep.features.handcrafted import extract_handcrafted
+    from radiodeep.features.store import export_csv
+
+    res = extract_handcrafted(report.cohort, cfg, progress=False)
+    assert res.features.shape[0] == 2 and not res.failures
+    out = export_csv(res.features, tmp_path / "out" / "features_handcrafted.csv", res.provenance)
+    res.diagnostics.to_csv(tmp_path / "out" / "diagnostics.csv")
+    texts = [p.read_text(encoding="utf-8") for p in (out, out.with_suffix(".provenance.json"),
+                                                      tmp_path / "out" / "diagnostics.csv")]
+    texts += [repr(c) for c in report.cohort.cases] + report.notes
+    for secret in secrets:
+        assert not any(secret in t for t in texts), secret

@@ -134,3 +134,35 @@ def test_load_config_from_file_and_missing_file(tmp_path):
 def test_settings_hash_is_stable_and_order_free():
     assert settings_hash({"a": 1, "b": [1, 2]}) == settings_hash({"b": [1, 2], "a": 1})
     assert settings_hash({"a": 1}) != settings_hash({"a": 2})
+
+
+def test_resolved_config_paths_are_relative_to_its_folder_and_reload_identically(tmp_path):
+    """config.resolved.yaml: every path relative to the folder it is written to, so it validates
+    and reruns from any working directory (paths used to be resolved against the wrong folder)."""
+    import yaml
+
+    from radiodeep.config import load_config
+
+    study = tmp_path / "study"
+    (study / "params").mkdir(parents=True)
+    (study / "cohort.csv").write_text("case_id,image,mask,label\n", encoding="utf-8")
+    (study / "params" / "p.yaml").write_text("setting:\n  binWidth: 25\n", encoding="utf-8")
+    (study / "w.pth").write_bytes(b"")
+    (study / "study.yaml").write_text(
+        "cohort: {manifest: cohort.csv, positive_label: short}\n"
+        "features:\n  handcrafted: {params: params/p.yaml}\n  deep: {weights: w.pth}\n"
+        "output: out/run1\nexecution: {cache_dir: shared-cache}\n", encoding="utf-8")
+    cfg = load_config(study / "study.yaml")
+    out = cfg.output_dir
+    out.mkdir(parents=True)
+    (out / "config.resolved.yaml").write_text(cfg.resolved_yaml(out), encoding="utf-8")
+    data = yaml.safe_load((out / "config.resolved.yaml").read_text(encoding="utf-8"))
+    assert data["cohort"]["manifest"] == "../../cohort.csv" and data["output"] == "."
+    assert data["features"]["handcrafted"]["params"] == "../../params/p.yaml"
+    assert data["features"]["deep"]["weights"] == "../../w.pth"
+    assert data["execution"]["cache_dir"] == "../../shared-cache"
+    again = load_config(out / "config.resolved.yaml")
+    assert again.output_dir == cfg.output_dir and again.cache_dir == cfg.cache_dir
+    assert again.resolve(again.cohort.manifest) == cfg.resolve(cfg.cohort.manifest)
+    assert again.to_dict() | {"output": None, "cohort": None, "features": None, "execution": None} == \
+        cfg.to_dict() | {"output": None, "cohort": None, "features": None, "execution": None}

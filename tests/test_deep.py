@@ -269,3 +269,53 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
             pick_device("cuda")
+
+
+def test_an_unexpected_error_in_one_case_fails_that_case_only(tmp_path, cohort_files, monkeypatch):
+    """One failure policy for both routes: the deep route used to abort on a non-CaseError."""
+    original = roi.prepare_case
+
+    def breaks_on_c1(image, mask, roi_cfg, channels, case_id, **kw):
+        if case_id == "c1":
+            raise ZeroDivisionError("something nobody foresaw")
+        return original(image, mask, roi_cfg, channels, case_id, **kw)
+
+    monkeypatch.setattr(roi, "prepare_case", breaks_on_c1)
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    res = extract_deep(cohort, config, progress=False)
+    assert list(res.features.index) == ["c0", "c2"]
+    assert [(f.case_id, f.stage, f.reason) for f in res.failures] == [
+        ("c1", "deep", "ZeroDivisionError: something nobody foresaw")]
+
+
+def test_edited_cache_entry_is_recomputed_and_counted(tmp_path, cohort_files, caplog):
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    first = extract_deep(cohort, config, progress=False)
+    entry = config.cache_dir / "deep" / first.provenance["cache"]["key"] / "c2.npz"
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["values"] = arrays["values"] * 2  # well-formed, same fingerprint: only the values edited
+    with open(entry, "wb") as fh:
+        np.savez(fh, **arrays)
+    with caplog.at_level("WARNING"):
+        again = extract_deep(cohort, config, progress=False)
+    assert again.provenance["cache"] == {**again.provenance["cache"], "cached": 2, "computed": 1, "damaged": 1}
+    assert "1 damaged cache entry recomputed: c2" in caplog.text
+    # recomputed, not doubled (a batch of one case rounds differently from a batch of three)
+    np.testing.assert_allclose(again.features.to_numpy(), first.features.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_the_route_receives_only_its_settings_slice(tmp_path, cohort_files):
+    """What the route reads is its settings object; what does not change values is not keyed."""
+    from radiodeep.features import deep
+    from radiodeep.features.routes import RunContext
+
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    settings = deep.settings_from_config(config)
+    key = settings.key_dict()
+    assert "batch_size" not in key and "device" not in key and "weights_source" not in key
+    assert key["geometry"] == {"tolerance": config.cohort.geometry_tolerance, "resample_mask": False}
+    context = RunContext(tmp_path / "cache", progress=False, previews=True)
+    res = deep.extract(cohort, settings, context)
+    assert len(res.previews) == 3 and res.provenance["cache"]["key"] == settings.cache_key()
+    assert res.provenance["roi_label"] == {"label": 1, "source": "default", "cases_with_own_label": {}}

@@ -22,7 +22,7 @@ from radiodeep.evaluation import (
     wilson_ci,
 )
 from radiodeep.experiment import build_pipeline
-from radiodeep.selection import ReliefF, RouteTopK, SymmetricUncertainty
+from radiodeep.selection import RouteTopK, SymmetricUncertainty
 from radiodeep.stats import binary_metrics, delong_variance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,6 +330,18 @@ def _delong_by_placements(y, a, b):
     S = s10 / len(pos) + s01 / len(neg)
     var = S[0, 0] + S[1, 1] - 2 * S[0, 1]
     return comps[0][0], comps[1][0], (comps[0][0] - comps[1][0]) / math.sqrt(var)
+
+
+def test_auc_on_hanley_and_mcneil_s_published_example():
+    """Hanley & McNeil (1982), Radiology 143:29, Table 1: 109 CT images rated 1-5 (58 normal,
+    51 abnormal); published AUC 0.893 and standard error 0.032 (their exponential approximation,
+    which DeLong's nonparametric estimate should come close to)."""
+    neg = np.repeat([1, 2, 3, 4, 5], [33, 6, 6, 11, 2])
+    pos = np.repeat([1, 2, 3, 4, 5], [3, 2, 2, 11, 33])
+    y = np.r_[np.ones(51, int), np.zeros(58, int)]
+    auc, var = delong_variance(y, np.r_[pos, neg])
+    assert round(auc, 3) == 0.893
+    assert math.sqrt(var) == pytest.approx(0.032, abs=0.002)
 
 
 def test_delong_test_against_the_definition():

@@ -111,12 +111,14 @@ def test_cases_failed_during_extraction_give_exit_3_unless_skip(tmp_path, monkey
     failures = pd.read_csv(tmp_path / "results" / "failures.csv")
     assert failures.case_id.tolist() == ["ct000"]
     assert "exit code 3" in capsys.readouterr().err
-    # cohort.on_invalid: skip asks for bad cases to be left out: then 0
-    make_cohort(tmp_path / "c", n_cases=6, seed=3)
+    # cohort.on_invalid: skip asks for bad cases to be left out: the same failure gives 0
+    make_cohort(tmp_path / "c", n_cases=6, seed=3)  # the image is whole again until checked
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["cohort"]["on_invalid"] = "skip"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert main(["run", str(path)]) == 0
+    failures = pd.read_csv(tmp_path / "results" / "failures.csv")
+    assert failures.case_id.tolist() == ["ct000"]
 
 
 def test_k_above_a_known_feature_count_is_refused_before_extraction(tmp_path, capsys):
@@ -156,29 +158,37 @@ def _start_run(path: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
     return proc, workers
 
 
-def _gone_within(workers: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+def _gone_within(workers: list[psutil.Process], path: Path, seconds: float) -> list[psutil.Process]:
+    """Workers still alive after ``seconds``: those seen, and any process running this study."""
     _, alive = psutil.wait_procs(workers, timeout=seconds)
+    for p in psutil.process_iter(["cmdline"]):
+        if str(path) in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid() and p not in alive:
+            alive.append(p)
     for p in alive:  # leave nothing behind, even when the test fails
-        p.kill()
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     return alive
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_workers_do_not_outlive_their_parent(tmp_path, how):
     path = study(tmp_path, n_cases=24, n_jobs=2)
     proc, workers = _start_run(path)
     proc.send_signal(getattr(signal, how))
     out, err = proc.communicate(timeout=60)
-    alive = _gone_within(workers, 5)
+    alive = _gone_within(workers, path, 5)
     assert not alive, f"{len(alive)} worker(s) survived their parent ({how})"
     kept = list((tmp_path / "results").rglob("*.npz"))
     assert kept  # finished cases stay cached
-    if how == "SIGTERM":  # handled like Ctrl-C: one line, a non-zero exit, no traceback
-        assert proc.returncode == 143
+    if how != "SIGKILL":  # SIGTERM is handled like Ctrl-C: one line, a non-zero exit, no traceback
+        said = {"SIGTERM": "terminated (SIGTERM)", "SIGINT": "interrupted"}[how]
+        assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[how]
         last = one_line_no_traceback(err)
-        assert "terminated (SIGTERM): finished cases are cached" in last
+        assert f"{said}: finished cases are cached" in last
         log = (tmp_path / "results" / "radiodeep.log").read_text(encoding="utf-8")
-        assert "terminated (SIGTERM)" in log
+        assert said in log
         assert not (tmp_path / "results" / LOCK_NAME).exists()  # the folder is free again
 
 
@@ -230,6 +240,27 @@ def test_a_stale_lock_file_with_a_dead_pid_is_taken_over(tmp_path):
     assert not (out / LOCK_NAME).exists()
 
 
+def test_without_kernel_locks_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    """A file system without flock (some network mounts): a live PID still refuses, a dead one
+    is taken over."""
+    import radiodeep.outdir as outdir
+
+    monkeypatch.setattr(outdir, "fcntl", None)
+    out = tmp_path / "results"
+    out.mkdir()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname(),
+                                                 "started": "2026-01-01T00:00:00+00:00"}), encoding="utf-8")
+        with pytest.raises(outdir.OutputLocked, match=f"PID {alive.pid} on .*, started 2026-01-01"):
+            OutputLock(out).acquire()
+    finally:
+        alive.kill()
+        alive.wait()
+    with OutputLock(out):
+        assert json.loads((out / LOCK_NAME).read_text(encoding="utf-8"))["pid"] == os.getpid()
+
+
 _PROBER = """
 import sys
 from radiodeep.outdir import check_writable
@@ -252,6 +283,13 @@ def test_output_path_that_is_a_file(tmp_path, capsys):
     assert main(["run", str(path)]) == 1
     last = one_line_no_traceback(capsys.readouterr().err)
     assert str(tmp_path / "results") in last and "is a file" in last and "is not writable" in last and "--output" in last
+
+
+def test_synth_into_a_path_blocked_by_a_file(tmp_path, capsys):
+    (tmp_path / "phantoms").write_text("in the way", encoding="utf-8")
+    assert main(["synth", str(tmp_path / "phantoms" / "ct"), "--cases", "2"]) == 1
+    last = one_line_no_traceback(capsys.readouterr().err)
+    assert str(tmp_path / "phantoms") in last and "a file is in the way" in last
 
 
 def test_read_only_output_folder(tmp_path, monkeypatch, capsys):
@@ -367,12 +405,12 @@ def test_outputs_hold_no_absolute_path_and_a_handcrafted_run_does_not_import_tor
     assert failures.reason[0].startswith("mask file not found") and "c/masks/gone.nrrd" in failures.reason[0]
     checked = []
     for p in out.rglob("*"):
-        if p.is_file() and p.name not in ("radiodeep.log", "config.resolved.yaml") and p.suffix != ".png":
+        if p.is_file() and p.name != "radiodeep.log" and p.suffix != ".png":
             text = p.read_bytes().decode("utf-8", "replace")
             assert str(tmp_path) not in text, f"{p.name} holds {tmp_path}"
             checked.append(p.name)
     assert {"report.html", "features_handcrafted.provenance.json", "failures.csv", "metrics.json",
-            "environment.json"} <= set(checked)
+            "environment.json", "run_record.json", "config.resolved.yaml"} <= set(checked)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "feature-cache" in html and "params.yaml" in html  # shown, relative to the study folder
 
@@ -396,7 +434,7 @@ def test_only_evaluate_says_what_it_is_doing(tmp_path, caplog):
     caplog.set_level("INFO", logger="radiodeep")
     pipeline.run(cfg, only="evaluate")
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "--only evaluate: reading the exported features (features_handcrafted.csv)" in text
+    assert "--only evaluate: reading the run record and the exported features (features_handcrafted.csv)" in text
     assert "experiment 1/1: su3-nb (handcrafted, scheme loo)" in text
 
 
@@ -417,8 +455,14 @@ def test_outputs_follow_the_umask(tmp_path):
 def test_only_extract_removes_the_previous_evaluation(tmp_path):
     path = study(tmp_path)
     cfg = load_config(path)
-    pipeline.run(cfg)
+    old = os.umask(0o022)
+    try:
+        pipeline.run(cfg)
+    finally:
+        os.umask(old)
     out = cfg.output_dir
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes  # colleagues can read every output
     assert (out / "report.html").exists() and (out / "metrics.csv").exists()
     pipeline.run(cfg, only="extract")
     for name in ("report.html", "metrics.csv", "metrics.json", "predictions.csv", "selected_features.csv",

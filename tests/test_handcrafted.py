@@ -503,3 +503,105 @@ def test_dask_backend_on_a_local_cluster(tmp_path, fast_params):
     pd.testing.assert_frame_equal(res.features, local.features)
     assert [(f.case_id, f.stage) for f in res.failures] == [("missing", "handcrafted")]
     assert "image file not found" in res.failures[0].reason
+
+
+# --------------------------------------------------------------------------- the ROI label (issue 10, item 2)
+def _two_label_breast(tmp_path: Path) -> tuple[Path, Path]:
+    """breast1 with its ROI as label 1 and a second region (the ROI moved 12 voxels) as label 2."""
+    src = sitk.ReadImage(str(BREAST1 / "breast1_label.nrrd"))
+    arr = sitk.GetArrayFromImage(src)
+    two = np.zeros_like(arr)
+    two[:, :, 12:] = arr[:, :, :-12]
+    arr = np.where(two > 0, 2, arr).astype(arr.dtype)
+    mask = sitk.GetImageFromArray(arr)
+    mask.CopyInformation(src)
+    p = tmp_path / "breast1_two_labels.nrrd"
+    sitk.WriteImage(mask, str(p))
+    return BREAST1 / "breast1_image.nrrd", p
+
+
+def test_parameter_file_label_is_honoured_and_recorded(tmp_path):
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+    from radiodeep.validate import load_cohort
+
+    image, mask = _two_label_breast(tmp_path)
+    params = tmp_path / "label2.yaml"
+    params.write_text("setting:\n  binWidth: 25\n  label: 2\nfeatureClass:\n  firstorder:\n  glcm: [Contrast]\n",
+                      encoding="utf-8")
+    (tmp_path / "manifest.csv").write_text(
+        f"case_id,image,mask,label\nb0,{image},{mask},a\nb1,{image},{mask},b\n", encoding="utf-8")
+    cfg = make_config(tmp_path, {"params": str(params)})
+    assert cfg.roi_label() == (2, "features.handcrafted (PyRadiomics 'label')")
+    report = load_cohort(cfg)
+    assert report.ok, report.lines()
+    res = extract_handcrafted(report.cohort, cfg, progress=False)
+    expected = RadiomicsFeatureExtractor(str(params)).execute(str(image), str(mask))  # PyRadiomics, label 2
+    got = res.features.loc["b0"]
+    assert got["original_firstorder_Mean"] == pytest.approx(float(expected["original_firstorder_Mean"]), rel=1e-9)
+    label1 = RadiomicsFeatureExtractor(str(params), label=1).execute(str(image), str(mask))
+    assert abs(got["original_firstorder_Mean"] - float(label1["original_firstorder_Mean"])) > 1  # not label 1's
+    assert got["original_glcm_Contrast"] == pytest.approx(float(expected["original_glcm_Contrast"]), rel=1e-9)
+    assert res.provenance["roi_label"] == {"label": 2, "source": "features.handcrafted (PyRadiomics 'label')",
+                                           "cases_with_own_label": {}}
+    # the cohort naming the same label is fine; naming another is refused with both values
+    assert make_config(tmp_path, {"params": str(params)}).cohort.mask_label is None
+    data = {"cohort": {"manifest": str(tmp_path / "manifest.csv"), "positive_label": "a", "mask_label": 1},
+            "features": {"handcrafted": {"params": str(params)}}}
+    with pytest.raises(ConfigError, match="cohort.mask_label is 1 but the PyRadiomics parameters say label: 2"):
+        parse_config(data, base_dir=tmp_path)
+    data["cohort"]["mask_label"] = 2
+    assert parse_config(data, base_dir=tmp_path).roi_label() == (2, "cohort.mask_label")
+    # without a label anywhere, label 1 (PyRadiomics' default)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("setting:\n  binWidth: 25\nfeatureClass:\n  firstorder:\n", encoding="utf-8")
+    assert make_config(tmp_path, {"params": str(plain)}).roi_label() == (1, "default")
+
+
+def test_manifest_mask_label_column_still_chooses_per_case(tmp_path):
+    from radiodeep.validate import load_cohort
+
+    image, mask = _two_label_breast(tmp_path)
+    params = tmp_path / "label2.yaml"
+    params.write_text("setting:\n  label: 2\nfeatureClass:\n  firstorder: [Mean]\n", encoding="utf-8")
+    (tmp_path / "manifest.csv").write_text(
+        f"case_id,image,mask,label,mask_label\nb0,{image},{mask},a,\nb1,{image},{mask},b,1\n", encoding="utf-8")
+    cfg = make_config(tmp_path, {"params": str(params)})
+    report = load_cohort(cfg)
+    assert [c.mask_label for c in report.cohort.cases] == [2, 1]
+    res = extract_handcrafted(report.cohort, cfg, progress=False)
+    assert res.features.loc["b0", "original_firstorder_Mean"] != res.features.loc["b1", "original_firstorder_Mean"]
+    assert res.provenance["roi_label"]["cases_with_own_label"] == {"b1": 1}
+
+
+# --------------------------------------------------------------------------- parameters radiodeep cannot honour (item 6)
+def test_voxel_based_parameter_file_is_refused(tmp_path):
+    p = tmp_path / "voxel.yaml"
+    p.write_text("setting:\n  binWidth: 25\nvoxelSetting:\n  kernelRadius: 2\n  maskedKernel: true\n"
+                 "featureClass:\n  firstorder:\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="voxel-based extraction .* remove the voxelSetting section"):
+        handcrafted_settings(HandcraftedConfig(params=p), tmp_path)
+    cfg = make_config(tmp_path, {"params": str(p)})
+    assert any("voxelSetting" in m for m in hc.config_problems(cfg))
+
+
+def test_2d_parameter_file_in_3d_mode_says_use_mode_2d(tmp_path):
+    p = tmp_path / "flat.yaml"
+    p.write_text("setting:\n  force2D: true\n  force2Ddimension: 0\nfeatureClass:\n  glcm:\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="use features.handcrafted.mode: 2d"):
+        handcrafted_settings(HandcraftedConfig(params=p, mode="3d"), tmp_path)
+    assert handcrafted_settings(HandcraftedConfig(params=p, mode="2d"), tmp_path)["setting"]["force2D"] is True
+
+
+def test_edited_cache_entry_is_recomputed_and_counted(tmp_path, fast_params):
+    cfg = make_config(tmp_path, {"params": str(fast_params)})
+    cohort = breast_cohort(tmp_path, 3)
+    first = extract_handcrafted(cohort, cfg, progress=False)
+    entry = cfg.cache_dir / "handcrafted" / first.provenance["settings_hash"] / "b1.npz"
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["values"] = arrays["values"] * 2  # the issue's edit: values x 2, same fingerprint
+    with open(entry, "wb") as fh:
+        np.savez(fh, **arrays)
+    again = extract_handcrafted(cohort, cfg, progress=False)
+    assert (again.provenance["n_cache_damaged"], again.provenance["n_computed"]) == (1, 1)
+    pd.testing.assert_frame_equal(again.features, first.features)

@@ -95,3 +95,55 @@ def test_rtstruct_and_seg_cohort_through_the_cli_without_phi(tmp_path):
         with np.load(p) as z:
             for key in z.files:
                 assert not any(s in str(z[key].tolist()) for s in PHI_STRINGS)
+
+
+def _gtv_body_cohort(tmp_path: Path) -> None:
+    rows = []
+    for i in range(4):
+        folder = tmp_path / f"q{i}"
+        series = write_ct_series(folder / "ct", shape=(4, 24, 24), seed=i)
+        gtv = [(slice_points(series, k, circle(11.5, 11.5, 4.0 + i)), k) for k in (1, 2)]
+        body = [(slice_points(series, k, circle(11.5, 11.5, 10.0)), k) for k in range(4)]
+        rs = write_rtstruct(folder / "RS.dcm", series, {"GTV": gtv, "Body": body})
+        rows.append({"case_id": f"q{i}", "image": f"q{i}/ct", "mask": str(rs.relative_to(tmp_path)),
+                     "label": "ab"[i % 2]})
+    pd.DataFrame(rows).to_csv(tmp_path / "cohort.csv", index=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "setting": {"binWidth": 25}, "imageType": {"Original": {}},
+        "featureClass": {"shape": ["VoxelVolume"]}}), encoding="utf-8")
+
+
+def test_changing_roi_name_recomputes_the_features(tmp_path, capsys):
+    """The feature cache knows which structure was the ROI: GTV, then Body, then GTV again."""
+    from radiodeep.cli import main
+
+    _gtv_body_cohort(tmp_path)
+    volumes = []
+    for roi in ("GTV", "Body", "GTV"):
+        study = tmp_path / "study.yaml"
+        study.write_text(yaml.safe_dump({
+            "cohort": {"manifest": "cohort.csv", "positive_label": "b", "roi_name": roi},
+            "features": {"handcrafted": {"params": "params.yaml", "mode": "3d"}},
+            "output": "results"}), encoding="utf-8")
+        assert main(["run", str(study), "--only", "extract"]) == 0
+        feats = pd.read_csv(tmp_path / "results" / "features_handcrafted.csv", index_col="case_id")
+        volumes.append(feats["original_shape_VoxelVolume"].to_numpy())
+    assert (volumes[1] > 2 * volumes[0]).all()  # the body, not the cached GTV
+    assert (volumes[2] == volumes[0]).all()
+
+
+def test_deep_route_reads_rtstruct_masks(tmp_path, capsys):
+    """The deep route crops around the RTSTRUCT's ROI like around any mask (random weights: tests only)."""
+    from radiodeep.cli import main
+
+    _gtv_body_cohort(tmp_path)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "cohort": {"manifest": "cohort.csv", "positive_label": "b", "roi_name": "GTV"},
+        "roi": {"crop": "exact", "size": 64},
+        "features": {"deep": {"backbone": "alexnet", "weights": None, "layer": "fc6", "device": "cpu"}},
+        "output": "results", "execution": {"progress": False}}), encoding="utf-8")
+    assert main(["run", str(study), "--only", "extract"]) == 0
+    feats = pd.read_csv(tmp_path / "results" / "features_deep.csv", index_col="case_id")
+    assert sorted(feats.index) == ["q0", "q1", "q2", "q3"] and feats.shape[1] == 4096
+    assert np.isfinite(feats.to_numpy()).all() and feats.std(axis=0).max() > 0

@@ -103,3 +103,15 @@ def test_sarcoma_ct_cohort_validates_and_extracts(sts, tmp_path, capsys):
         vol = (sitk.GetArrayFromImage(ref) > 0).sum() * np.prod(ref.GetSpacing())
         assert np.isclose(feats.loc[p, "original_shape_VoxelVolume"], vol, rtol=1e-6)  # NIfTI: float32 spacing
     assert len(list((tmp_path / "results" / "cache" / "masks").glob("*.npz"))) == 3  # rasterised once each
+
+
+def test_rtstruct_on_a_nifti_image_is_placed_by_position(sts):
+    """The same RTSTRUCT on MIRP's NIfTI conversion of the image: no slice references or frame of
+    reference to use, so contours are placed by position alone; the mask is the same."""
+    d = sts / "STS_002" / "CT"
+    notes: list[str] = []
+    image, mask = read_case_images(Case("STS_002", d / "nifti/image/image.nii.gz", d / "dicom/mask/RS.dcm", "x",
+                                        roi_name="GTV_Mass_CT"), notes=notes)
+    _, dicom_mask, _, _ = _both(sts, "STS_002", "CT")
+    assert (sitk.GetArrayFromImage(mask) == sitk.GetArrayFromImage(dicom_mask)).all()
+    assert any("image is not a DICOM series" in n for n in notes)

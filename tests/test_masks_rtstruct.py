@@ -240,3 +240,45 @@ def test_mask_is_cached_by_file_hash_and_rule(tmp_path):
     write_rtstruct(rs, series, {"GTV": [_square_px(series, 1, 2.5, 8.5, 2.5, 6.5)]})
     m3 = read_dicom_mask("rtstruct", rs, tmp_path / "ct", image, "c1", cache_dir=cache)
     assert sitk.GetArrayFromImage(m3).sum() == 24 and len(list(cache.glob("*.npz"))) == 2
+
+
+def test_oblique_series_contour_drawn_in_its_slice_plane(tmp_path):
+    """An oblique MR-like series (rows rotated 30 deg about z, tilted 20 deg): the contour drawn
+    on slice 2 lands on voxel centres whose own in-plane position lies inside it."""
+    a, b = np.radians(30), np.radians(20)
+    row = np.array([np.cos(a), np.sin(a), 0.0])
+    col = np.array([-np.sin(a) * np.cos(b), np.cos(a) * np.cos(b), np.sin(b)])
+    shape, spacing = (5, 26, 22), (1.1, 0.9, 3.0)
+    series = write_ct_series(tmp_path / "ct", shape=shape, spacing=spacing, orientation=list(row) + list(col),
+                             origin=(10.0, -20.0, 5.0))
+    poly = np.array([[3.2, 2.1], [17.5, 4.4], [12.3, 19.8], [7.7, 11.1], [2.4, 15.6]])  # mm in the plane
+    image, arr = _mask(tmp_path, series, {"GTV": [(slice_points(series, 2, poly), None)]})
+    from matplotlib.path import Path as MplPath
+
+    path = MplPath(poly)
+    slice_origin = series["origin"] + 2 * spacing[2] * series["normal"]
+    expected = np.zeros_like(arr)
+    for j in range(shape[1]):
+        for i in range(shape[2]):
+            p = np.array(image.TransformIndexToPhysicalPoint((i, j, 2))) - slice_origin
+            assert abs(p @ series["normal"]) < 1e-6
+            expected[2, j, i] = path.contains_point((p @ row, p @ col))
+    assert expected.sum() > 60 and (arr == expected).all()
+
+
+def test_roi_whose_contours_all_miss_the_image_is_invalid_naming_it(tmp_path):
+    series = write_ct_series(tmp_path / "ct", shape=(3, 16, 16))
+    off = [_square_px(series, 7, 2.5, 6.5, 2.5, 6.5, ref=False), _square_px(series, -3, 2.5, 6.5, 2.5, 6.5, ref=False)]
+    with pytest.raises(CaseError, match=r"ROI 'GTV': none of its 2 contours lies on an image slice \(all 2 contours "
+                                        r"lie outside the image's slice range"):
+        _mask(tmp_path, series, {"GTV": off})
+
+
+def test_a_dicom_image_as_mask_still_reads_as_a_label_map(tmp_path):
+    """Only RTSTRUCT and SEG files take the new route: a mask stored as a DICOM image does not."""
+    values = np.zeros((1, 16, 16), np.uint16)
+    values[0, 4:9, 5:12] = 1
+    write_ct_series(tmp_path / "img", shape=(1, 16, 16))
+    write_ct_series(tmp_path / "msk", shape=(1, 16, 16), values=values)
+    image, mask = read_case_images(Case("c1", tmp_path / "img" / "slice000.dcm", tmp_path / "msk" / "slice000.dcm", "a"))
+    assert sitk.GetArrayFromImage(mask).sum() == 35

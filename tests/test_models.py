@@ -175,3 +175,36 @@ def test_pyproject_pins_the_tested_sklearn_range():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     lo, hi = TESTED_SKLEARN
     assert re.search(rf'"scikit-learn>={lo[0]}\.{lo[1]},<{hi[0]}\.{hi[1] + 1}"', text)
+
+
+# --------------------------------------------------------------------------- the classifier registry
+def test_config_names_are_the_registry_s():
+    from radiodeep.experiment import CLASSIFIERS as REGISTRY
+
+    assert CLASSIFIERS is REGISTRY  # one list: the config validates against the builders' registry
+    with pytest.raises(Exception, match="unknown classifier 'svm_rfb'"):
+        ClassifierConfig(name="svm_rfb")
+
+
+def test_a_new_classifier_kind_registers_itself(monkeypatch):
+    from radiodeep import experiment
+    from radiodeep.config import ExperimentConfig
+
+    monkeypatch.setattr(experiment, "CLASSIFIERS", dict(experiment.CLASSIFIERS))
+    spec = experiment.register_classifier(experiment.ClassifierSpec(
+        "knn", "sklearn.neighbors:KNeighborsClassifier", {"n_neighbors": 3}, scaled=True))
+    assert experiment.CLASSIFIERS["knn"] is spec
+    with pytest.raises(ValueError, match="already registered"):
+        experiment.register_classifier(experiment.ClassifierSpec("knn", "sklearn.svm:SVC"))
+    exp = ExperimentConfig.model_construct(
+        name="k", features=["deep"], select=ExperimentConfig.model_fields["select"].default_factory(),
+        classifier=ClassifierConfig.model_construct(name="knn"))
+    pipe = experiment.build_pipeline(exp, {"deep": ["a", "b"]}, seed=0)
+    assert [n for n, _ in pipe.steps] == ["scale", "clf"] and pipe[-1].n_neighbors == 3
+    # a model that reads the images itself takes no selector
+    experiment.register_classifier(experiment.ClassifierSpec(
+        "img", "sklearn.dummy:DummyClassifier", inputs="image"))
+    exp_img = ExperimentConfig.model_construct(
+        name="i", features=["deep"], select=ExperimentConfig.model_fields["select"].default_factory(),
+        classifier=ClassifierConfig.model_construct(name="img"))
+    assert [n for n, _ in experiment.build_pipeline(exp_img, {"deep": ["a"]}, seed=0).steps] == ["clf"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,10 +99,126 @@ def test_rerun_reuses_every_cache_and_gives_identical_numbers(finished):
     pd.testing.assert_frame_equal(res.predictions, again.predictions)
 
 
-def test_only_evaluate_uses_exported_features(finished, tmp_path):
+EXACT_OUTPUTS = ("metrics.csv", "predictions.csv", "selected_features.csv", "failures.csv", "delong.csv")
+
+
+def _hide_images(cohort: Path) -> Path:
+    """Move every file of the cohort but its manifest away (an image opened now would fail)."""
+    away = cohort.parent / (cohort.name + "-away")
+    away.mkdir()
+    for p in cohort.iterdir():
+        if p.name != "manifest.csv":
+            shutil.move(str(p), str(away / p.name))
+    return away
+
+
+def _restore(away: Path, cohort: Path) -> None:
+    for p in away.iterdir():
+        shutil.move(str(p), str(cohort / p.name))
+    away.rmdir()
+
+
+def test_only_evaluate_is_the_full_run_byte_for_byte_without_opening_an_image(finished):
     cfg, res = finished
-    again = run(cfg, only="evaluate")
-    pd.testing.assert_series_equal(res.metrics["auc"], again.metrics["auc"])
+    out = cfg.output_dir
+    before = {name: (out / name).read_bytes() for name in EXACT_OUTPUTS}
+    cohort = cfg.resolve(cfg.cohort.manifest).parent
+    away = _hide_images(cohort)
+    try:
+        again = run(cfg, only="evaluate")
+    finally:
+        _restore(away, cohort)
+    for name in EXACT_OUTPUTS:
+        assert (out / name).read_bytes() == before[name], name
+    pd.testing.assert_frame_equal(res.metrics, again.metrics)
+    pd.testing.assert_frame_equal(res.predictions, again.predictions)
+    pd.testing.assert_frame_equal(res.selection.reset_index(drop=True), again.selection.reset_index(drop=True))
+    pd.testing.assert_frame_equal(res.delong, again.delong)
+    record = json.loads((out / "run_record.json").read_text(encoding="utf-8"))
+    assert record["computed"] == ["extract", "evaluate"]
+    assert set(record["routes"]) == {"deep", "handcrafted"}
+
+
+def test_evaluation_sees_exactly_the_extracted_numbers(finished):
+    """The exported CSV reads back bit for bit (%.10g did not: ties between features flipped)."""
+    from radiodeep.features.store import read_features
+
+    cfg, res = finished
+    for route, table in res.features.items():
+        back = read_features(cfg.output_dir / f"features_{route}.csv")
+        pd.testing.assert_frame_equal(back, table.astype("float64"), check_exact=True,
+                                      check_index_type=False)
+
+
+def test_report_numbers_equal_metrics_csv_loo(finished):
+    from report_check import check_report_numbers
+
+    cfg, _ = finished
+    assert check_report_numbers(cfg.output_dir) > 30
+
+
+def test_report_numbers_equal_metrics_csv_repeated_kfold(finished, tmp_path):
+    """Same features, repeated k-fold: one AUC, one confusion matrix, one DeLong AUC everywhere."""
+    from report_check import check_report_numbers
+
+    cfg, _ = finished
+    copy = tmp_path / "rkf"
+    copy.mkdir()
+    for p in cfg.output_dir.iterdir():
+        if p.is_file():
+            shutil.copy2(p, copy / p.name)
+    rk = cfg.model_copy(deep=True)
+    rk.output = copy
+    rk.execution.cache_dir = cfg.cache_dir
+    rk.evaluation.scheme = "repeated_kfold"
+    rk.evaluation.folds, rk.evaluation.repeats = 3, 3
+    res = run(rk, only="evaluate")
+    m = pd.read_csv(copy / "metrics.csv")
+    assert (m["repeats"] == 3).all() and (m["tp"] + m["fn"] + m["tn"] + m["fp"] == 30).all()
+    text = (copy / "report.html").read_text(encoding="utf-8")
+    assert "3\u00d7 repeated 3-fold" in text and "counted once per repeat (3 repeats)" in text
+    assert check_report_numbers(copy) > 30
+    assert len(res.delong) == 1
+
+
+def test_report_is_a_function_of_the_run_record(finished, tmp_path):
+    """The record and the tables it names redraw the same report, in any folder."""
+    import re
+
+    from radiodeep.record import RunRecord, write_report
+
+    cfg, _ = finished
+    record = RunRecord.load(cfg.output_dir)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ["run_record.json", *record.outputs.values()]:
+        shutil.copy2(cfg.output_dir / name, copy / name)
+    html = write_report(record, copy).read_text(encoding="utf-8")
+
+    def strip(text):
+        return re.sub(r"Generated [0-9-]+ [0-9:]+ UTC", "", text)
+
+    assert strip(html) == strip((cfg.output_dir / "report.html").read_text(encoding="utf-8"))
+
+
+def test_only_evaluate_refuses_features_made_with_other_settings(finished, tmp_path):
+    cfg, _ = finished
+    other = cfg.model_copy(deep=True)
+    other.features.handcrafted.settings = {"binWidth": 10}
+    before = (cfg.output_dir / "metrics.csv").read_bytes()
+    with pytest.raises(RunError, match="features_handcrafted.csv was made with other handcrafted settings"):
+        run(other, only="evaluate")
+    assert (cfg.output_dir / "metrics.csv").read_bytes() == before
+    # a feature table edited after extraction is refused too
+    table = cfg.output_dir / "features_handcrafted.csv"
+    original = table.read_bytes()
+    try:
+        table.write_bytes(original.replace(b",", b",0", 1))
+        with pytest.raises(RunError, match="features_handcrafted.csv changed since it was extracted"):
+            run(cfg, only="evaluate")
+    finally:
+        table.write_bytes(original)
+    assert (cfg.output_dir / "metrics.csv").read_bytes() == before
 
 
 def test_invalid_case_blocks_the_run_unless_skipped(tmp_path):
@@ -122,6 +238,13 @@ def test_invalid_case_blocks_the_run_unless_skipped(tmp_path):
     assert res.failures.case_id.tolist() == ["ct000"]
     assert "mask file not found" in res.failures.reason[0]
     assert len(res.predictions) == 5
+    # the failures persist through --only evaluate (which opens no image): file and report
+    out = tmp_path / "results"
+    failures = (out / "failures.csv").read_bytes()
+    again = run(load_config(path), only="evaluate")
+    assert (out / "failures.csv").read_bytes() == failures
+    assert again.failures.case_id.tolist() == ["ct000"]
+    assert "mask file not found" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_unwritable_output_is_refused_before_any_computation(tmp_path):

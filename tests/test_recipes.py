@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from radiodeep.config import parse_config
+from radiodeep.features.weights import fallback_deep_settings
 from radiodeep.pipeline import run
 from radiodeep.synth import make_cohort
 
@@ -26,8 +28,9 @@ def small(data: dict, manifest: Path, out: Path) -> dict:
     data["cohort"]["positive_label"] = "short"  # the phantoms' labels
     data["roi"]["size"] = 64
     deep = data["features"].get("deep")
-    if deep:
-        deep.update(weights=None, batch_size=8)  # no ImageNet weights offline
+    if deep:  # the recipe's network when its weights are here, else EfficientNet-Lite0's (installed)
+        deep, _ = fallback_deep_settings(deep, base_dir=ROOT / "pipelines")
+        data["features"]["deep"] = {**deep, "batch_size": 8}
     for exp in data["experiments"]:
         if isinstance(exp["classifier"], dict) and "n_estimators" in exp["classifier"]:
             exp["classifier"]["n_estimators"] = 10
@@ -46,6 +49,11 @@ def test_recipe_runs_on_phantoms(name, tmp_path):
     cfg = parse_config(data, base_dir=recipe.parent, source=str(recipe))
     res = run(cfg)
     assert not res.experiment_errors, res.experiment_errors
+    assert res.random_weights == []  # real ImageNet features, whatever this machine has
+    assert "NOT IMAGENET FEATURES" not in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    prov = json.loads((tmp_path / "out" / "features_deep.provenance.json").read_text(encoding="utf-8"))
+    assert prov["weights"]["backbone"] == prov["backbone"] == cfg.features.deep.backbone
+    assert len(prov["weights"]["sha256"]) == 64 and prov["weights"]["licence"]
     assert set(res.metrics.experiment) == {e.name for e in cfg.experiments}
     assert (tmp_path / "out" / "report.html").is_file()
     preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
@@ -56,4 +64,4 @@ def test_recipe_runs_on_phantoms(name, tmp_path):
         assert preds.groupby("experiment").case_id.nunique().eq(12).all()
     if name == "screening_nodules":  # channels: each -> three feature sets named by channel
         cols = pd.read_csv(tmp_path / "out" / "features_deep.csv", nrows=1).columns
-        assert {c.split("_")[2] for c in cols if c != "case_id"} == {"r", "g", "b"}
+        assert {c.rsplit("_", 2)[1] for c in cols if c != "case_id"} == {"r", "g", "b"}

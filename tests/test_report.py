@@ -1,8 +1,8 @@
 """report.html: contents, escaping, self-containment, and a real headless-browser check.
 
-The inputs are computed, not typed in: random features with and without signal, a real
-leave-one-out loop of scikit-learn pipelines (selection refitted in every fold), real AUCs,
-DeLong and Wilson intervals.
+The inputs are computed, not typed in: random features with and without signal, radiodeep's
+own leave-one-out evaluation of scikit-learn pipelines (selection refitted in every fold), real
+AUCs, DeLong and Wilson intervals (checked against independent values in test_evaluation.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from markupsafe import escape
-from scipy import stats
 from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import LeaveOneOut
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from radiodeep.config import EvaluationConfig
+from radiodeep.evaluation import evaluate, pairwise_delong
 from radiodeep.provenance import package_versions
 from radiodeep.report import fmt_auc, fmt_p, fmt_pct, write_report
 
@@ -40,77 +40,22 @@ EVIL_ERROR = 'ValueError: k=<img src="http://evil.example/x.png"> exceeds 3 feat
 WEIGHTS_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 
-# --------------------------------------------------------------------------- statistics
-def _midrank_components(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    pos, neg = s[y == 1], s[y == 0]
-    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-    return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
-
-
-def delong_ci(y, s, level=0.95):
-    auc, v10, v01 = _midrank_components(np.asarray(y), np.asarray(s))
-    se = np.sqrt(v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size)
-    z = stats.norm.ppf(0.5 + level / 2)
-    return max(0.0, auc - z * se), min(1.0, auc + z * se)
-
-
-def delong_paired(y, a, b):
-    y = np.asarray(y)
-    auc_a, a10, a01 = _midrank_components(y, np.asarray(a))
-    auc_b, b10, b01 = _midrank_components(y, np.asarray(b))
-    s10, s01 = np.cov(np.vstack([a10, b10])), np.cov(np.vstack([a01, b01]))
-    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / a10.size + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / a01.size
-    z = (auc_a - auc_b) / np.sqrt(var) if var > 0 else 0.0
-    return {"auc_a": auc_a, "auc_b": auc_b, "diff": auc_a - auc_b, "z": z, "p": 2 * stats.norm.sf(abs(z))}
-
-
-def wilson(k: int, n: int, level=0.95):
-    if n == 0:
-        return np.nan, np.nan, np.nan
-    z = stats.norm.ppf(0.5 + level / 2)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, centre - half, centre + half
-
-
 # --------------------------------------------------------------------------- a small study
 def _loo(name, X, y, ids, features, routes, k):
-    """Leave-one-out with selection inside every fold: predictions and selection frequency."""
-    rows, counts = [], np.zeros(X.shape[1])
-    for fold, (tr, te) in enumerate(LeaveOneOut().split(X)):
-        steps = [StandardScaler(), LogisticRegression(C=0.5, solver="liblinear")]
-        if k is not None:
-            steps.insert(0, SelectKBest(f_classif, k=k))
-        pipe = make_pipeline(*steps).fit(X[tr], y[tr])
-        if k is not None:
-            counts += pipe[0].get_support()
-        score = pipe.predict_proba(X[te])[0, 1]
-        rows.append({"case_id": ids[te[0]], "y_true": int(y[te[0]]), "score": float(score),
-                     "y_pred": int(score >= 0.5), "fold": fold, "repeat": 0, "experiment": name})
-    pred = pd.DataFrame(rows)
-    sel = pd.DataFrame({"experiment": name, "feature": features, "route": routes,
-                        "frequency": counts / (fold + 1)})
-    sel = sel[sel["frequency"] > 0] if k is not None else sel.iloc[:0]
-    return pred, sel
-
-
-def _metrics_row(name, pred, routes, selector, k):
-    y, s, yp = pred["y_true"].to_numpy(), pred["score"].to_numpy(), pred["y_pred"].to_numpy()
-    tp, fn = int(((y == 1) & (yp == 1)).sum()), int(((y == 1) & (yp == 0)).sum())
-    tn, fp = int(((y == 0) & (yp == 0)).sum()), int(((y == 0) & (yp == 1)).sum())
-    acc, acc_lo, acc_hi = wilson(tp + tn, len(y))
-    sen, sen_lo, sen_hi = wilson(tp, tp + fn)
-    spe, spe_lo, spe_hi = wilson(tn, tn + fp)
-    lo, hi = delong_ci(y, s)
-    return {"experiment": name, "routes": routes, "selector": selector, "k": k,
-            "classifier": "logistic", "n": len(y), "n_pos": int(y.sum()),
-            "auc": roc_auc_score(y, s), "auc_ci_low": lo, "auc_ci_high": hi,
-            "accuracy": acc, "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi,
-            "balanced_accuracy": (sen + spe) / 2,
-            "sensitivity": sen, "sensitivity_ci_low": sen_lo, "sensitivity_ci_high": sen_hi,
-            "specificity": spe, "specificity_ci_low": spe_lo, "specificity_ci_high": spe_hi,
-            "tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    """radiodeep's own leave-one-out (selection refitted in every fold): predictions, metrics
+    and selection frequency. The statistics themselves are tested in test_evaluation.py against
+    scikit-learn, scipy and the definitions; here they are only inputs of the report."""
+    steps = [StandardScaler(), LogisticRegression(C=0.5, solver="liblinear")]
+    if k is not None:
+        steps.insert(0, SelectKBest(f_classif, k=k))
+    Xf = pd.DataFrame(X, index=ids, columns=features)
+    res = evaluate(make_pipeline(*steps), Xf, pd.Series(y, index=ids), EvaluationConfig(scheme="loo"),
+                   experiment=name)
+    freq = res.selection_frequency
+    route_of = dict(zip(features, routes))
+    sel = pd.DataFrame({"experiment": name, "feature": list(freq.index),
+                        "route": [route_of[f] for f in freq.index], "frequency": freq.to_numpy()})
+    return res, (sel if k is not None else sel.iloc[:0])
 
 
 def _contact_sheet(path: Path, n: int, rng) -> Path:
@@ -146,19 +91,15 @@ def make_study(tmp_path: Path, n: int = 26, seed: int = 7) -> dict:
              "deep+handcrafted", "su", 8)]
     preds, sels, rows = [], [], []
     for name, X, feats, routes, route_str, selector, k in spec:
-        p, s = _loo(name, X, y, ids, feats, routes, k)
-        preds.append(p)
+        res, s = _loo(name, X, y, ids, feats, routes, k)
+        preds.append(res.predictions)
         sels.append(s)
-        rows.append(_metrics_row(name, p, route_str, selector, "all" if k is None else str(k)))
+        rows.append({"experiment": name, "routes": route_str, "selector": selector,
+                     "k": "all" if k is None else str(k), "classifier": "logistic", **res.metrics})
     predictions = pd.concat(preds, ignore_index=True)
     metrics = pd.DataFrame(rows)
     metrics["perm_p"] = [0.0099, 0.62, 0.031]
-    scores = predictions.pivot(index="case_id", columns="experiment", values="score")
-    truth = predictions.groupby("case_id")["y_true"].first()
-    names = list(metrics["experiment"])
-    delong = pd.DataFrame([{"experiment_a": a, "experiment_b": b,
-                            **delong_paired(truth.loc[scores.index], scores[a], scores[b])}
-                           for i, a in enumerate(names) for b in names[i + 1:]])
+    delong = pairwise_delong(predictions)
     failures = pd.DataFrame([
         {"case_id": EVIL_ID, "stage": "deep", "reason": "ROI mask is empty after resampling"},
         {"case_id": "case-099", "stage": "input", "reason": "image file not found: /data/case-099.nrrd"},
@@ -411,3 +352,25 @@ def test_screenshot_script_fails_on_missing_report(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.html"), str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and not (tmp_path / "x.png").exists()
+
+
+def test_selection_chart_labels_stay_distinct():
+    """Names that differ only in the middle (cut there, they looked the same) keep distinct labels."""
+    from radiodeep import plots
+
+    names = ["wavelet-LLH_glcm_ClusterProminence_binWidth25_resampled_Mean",
+             "wavelet-LLH_glszm_ClusterProminence_binWidth25_resampled_Mean",
+             "wavelet-LLH_glcm_ClusterShade_binWidth25_resampled_Mean",
+             "wavelet-LLH_firstorder_Kurtosis"]
+    prefix, labels = plots.feature_labels(names, width=20)
+    assert prefix == "wavelet-LLH_"
+    assert len(set(labels)) == len(names)
+    for name, label in zip(names, labels):
+        assert prefix + label.replace("\n", "") == name  # nothing is dropped
+        assert all(len(line) <= 20 for line in label.split("\n"))
+    # no shared prefix: names kept whole; a lone name keeps its prefix
+    assert plots.feature_labels(["alexnet_fc7_r_0001", "original_glcm_Contrast"])[0] == ""
+    assert plots.feature_labels(["original_glcm_Contrast"]) == ("", ["original_glcm_Contrast"])
+    # the chart draws them (one line per wrapped piece)
+    png = plots.selection_figure(names, ["handcrafted"] * 4, [1.0, 0.8, 0.5, 0.1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

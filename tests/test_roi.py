@@ -430,12 +430,20 @@ def test_coronal_and_sagittal_planes_oriented_z_up():
     assert sag.slice_indices == (largest_slice(mask, 2),)
 
 
-def test_deterministic():
+def test_preparation_reads_voxels_not_position_and_leaves_its_inputs_alone():
+    """The crops depend on the voxels and spacing only (not on where the volume sits in space),
+    and the input images are not modified (the same objects feed the handcrafted route)."""
     img, mask = ct_case(seed=12)
     roi = cfg(crop="exact", margin_px=2, spacing_mm=0.7, size=40)
-    a = prepare_case(to_img(img), to_img(mask), roi, "ct_windows", "d")
-    b = prepare_case(to_img(img), to_img(mask), roi, "ct_windows", "d")
+    image, mask_img = to_img(img), to_img(mask)
+    a = prepare_case(image, mask_img, roi, "ct_windows", "d")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), img)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(mask_img), mask)
+    assert image.GetSpacing() == (1.0, 1.0, 1.0)
+    elsewhere = (120.0, -75.5, 33.0)
+    b = prepare_case(to_img(img, origin=elsewhere), to_img(mask, origin=elsewhere), roi, "ct_windows", "d")
     np.testing.assert_array_equal(a.views["ct_windows"], b.views["ct_windows"])
+    assert a.views["ct_windows"].std() > 0  # a real crop, not a blank one
 
 
 # --------------------------------------------------------------------------- bad input

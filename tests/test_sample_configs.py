@@ -38,3 +38,26 @@ def test_pyradiomics_param_files_are_valid_for_pyradiomics(name):
     path = ROOT / "sample_configs" / name
     extractor = RadiomicsFeatureExtractor(str(path))  # PyRadiomics validates against its schema
     assert extractor.enabledFeatures
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_sample_config_validates_as_shipped_beside_a_synth_cohort(path, tmp_path, monkeypatch):
+    """Copied beside `radiodeep synth`'s manifest, unedited: the cohort and the settings pass
+    (on a machine without ImageNet weights, the missing weights are the only problem)."""
+    import shutil
+
+    from radiodeep.config import load_config
+    from radiodeep.synth import make_cohort
+    from radiodeep.validate import check_routes, load_cohort
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no weights here, whatever the machine
+    modality = "mr" if path.name.startswith("mr_") else "ct"
+    make_cohort(tmp_path, n_cases=4, seed=0, modality=modality)
+    for p in [path, *(ROOT / "sample_configs").glob("pyradiomics_*.yaml")]:
+        shutil.copy(p, tmp_path / p.name)
+    cfg = load_config(tmp_path / path.name)
+    report = load_cohort(cfg)
+    assert report.ok, report.lines()
+    problems = check_routes(cfg)
+    assert all(p.startswith("features.deep.weights") and "not on this machine" in p for p in problems), problems
+    assert bool(problems) == (cfg.features.deep is not None)

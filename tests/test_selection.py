@@ -19,7 +19,6 @@ from radiodeep.selection import (
     SymmetricUncertainty,
     _java_random_indices,
     loo_fits,
-    mdl_cut_points,
 )
 
 
@@ -212,7 +211,6 @@ def test_su_two_cuts_by_hand():
     su = SymmetricUncertainty(k=1).fit(x, y)
     assert su.bin_edges_[0].tolist() == [12.5, 22.5]
     assert su.scores_[0] == pytest.approx(expected, abs=1e-12)
-    assert mdl_cut_points(x, y)[0].tolist() == [12.5, 22.5]
 
 
 def test_su_constant_and_no_signal_columns_score_zero():
@@ -265,7 +263,7 @@ def test_mdl_matches_a_literal_weka_transcription(seed):
     y = rng.integers(0, C, n)
     X = np.c_[y + rng.normal(scale=0.6, size=n), np.round(rng.normal(size=n) + y, 1),
               rng.normal(size=n), (y == 0) * 1.0 + rng.normal(scale=0.3, size=n)]
-    cuts = mdl_cut_points(X, y)
+    cuts = SymmetricUncertainty(k="all").fit(X, y).bin_edges_
     for f in range(X.shape[1]):
         o = np.argsort(X[:, f], kind="stable")
         expected = _weka_mdl(list(X[o, f]), list(y[o]), C, 0, n)

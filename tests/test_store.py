@@ -80,3 +80,19 @@ def test_export_csv_writes_provenance(tmp_path):
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
     prov = json.loads((tmp_path / "features_deep.provenance.json").read_text(encoding="utf-8"))
     assert prov == {"backbone": "alexnet", "n_cases": 2, "n_features": 1}
+
+
+def test_export_csv_reads_back_bit_for_bit(tmp_path):
+    """Shortest-repr CSV: every float64 (ties between features included) survives the round trip."""
+    from radiodeep.features.store import read_features
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=50) * 10.0 ** rng.integers(-30, 30, 50)
+    join = rng.normal(size=50) * 1234.567891234
+    df = pd.DataFrame({"JointAverage": join, "SumAverage": 2 * join, "tiny": a,
+                       "edge": [0.1 + 0.2, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0] * 10},
+                      index=pd.Index([f"c{i:02d}" for i in range(50)], name="case_id"))
+    back = read_features(export_csv(df, tmp_path / "features_handcrafted.csv", {}))
+    assert back.columns.tolist() == df.columns.tolist() and back.index.tolist() == df.index.tolist()
+    assert np.array_equal(back.to_numpy().view(np.int64), df.to_numpy().view(np.int64))
+    assert (back["SumAverage"] == 2 * back["JointAverage"]).all()

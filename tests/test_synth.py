@@ -24,9 +24,17 @@ def test_cohort_files_manifest_and_determinism(tmp_path):
     assert img.GetSpacing() == mask.GetSpacing() and img.GetSize() == mask.GetSize()
 
 
-def test_a_case_does_not_depend_on_cohort_size():
-    assert np.array_equal(make_case(4, seed=1).image, make_case(4, seed=1).image)
-    assert not np.array_equal(make_case(4, seed=1).mask, make_case(4, seed=2).mask)
+def test_a_case_does_not_depend_on_cohort_size(tmp_path):
+    """Case i of a 3-case cohort is case i of a 6-case cohort: files, label and geometry."""
+    small = pd.read_csv(make_cohort(tmp_path / "small", n_cases=3, seed=1))
+    large = pd.read_csv(make_cohort(tmp_path / "large", n_cases=6, seed=1))
+    pd.testing.assert_frame_equal(small, large.iloc[:3])
+    for rel in list(small.image) + list(small["mask"]):
+        a = sitk.ReadImage(str(tmp_path / "small" / rel))
+        b = sitk.ReadImage(str(tmp_path / "large" / rel))
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        assert (a.GetSpacing(), a.GetOrigin()) == (b.GetSpacing(), b.GetOrigin())
+    assert not np.array_equal(make_case(4, seed=1).mask, make_case(4, seed=2).mask)  # the seed matters
 
 
 def test_acquisition_varies_and_ct_is_in_hu():

@@ -43,6 +43,8 @@ def text_io_without_encoding(source: str) -> list[int]:
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
         if name in ("read_text", "write_text"):
             lines.append(node.lineno)
+        elif name == "open" and owner == "os":
+            continue  # os.open returns a file descriptor: bytes, no text decoding
         elif name in ("open", "fdopen") and owner not in ("Image", "tarfile", "zipfile"):
             # builtin open(path, mode) / os.fdopen(fd, mode); Path.open(mode)
             position = 1 if owner in (None, "os", "io") else 0
@@ -55,7 +57,7 @@ def text_io_without_encoding(source: str) -> list[int]:
 def test_the_checker_finds_what_it_should():
     bad = "p.read_text()\nopen('f')\nq.open('w')\nos.fdopen(fd, 'w')\n"
     good = ("p.read_text(encoding='utf-8')\nopen('f', 'rb')\nq.open('wb')\nos.fdopen(fd, 'wb')\n"
-            "Image.open(p)\nopen('f', encoding='utf-8')\n")
+            "Image.open(p)\nopen('f', encoding='utf-8')\nos.open(p, os.O_RDONLY)\n")
     assert text_io_without_encoding(bad) == [1, 2, 3, 4]
     assert text_io_without_encoding(good) == []
 

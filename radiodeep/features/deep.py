@@ -29,7 +29,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,12 +37,13 @@ import torch
 
 from .. import roi
 from ..config import Config, RoiConfig
-from ..errors import CaseError, CaseFailure
+from ..errors import CaseFailure
 from ..execution import map_cases
 from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
 from ..qc import network_view_items
 from .backbones import (
     check_input_size,
+    check_weights_file,
     feature_extractor,
     get_spec,
     load_backbone,
@@ -68,7 +68,7 @@ SCHEMA = 2  # bump when the way values are computed changes (invalidates every c
 
 
 # --------------------------------------------------------------------------- settings
-def _runtime(default=None):
+def _unkeyed(default=None):
     return field(default=default, metadata={"cache_key": False})
 
 
@@ -91,10 +91,12 @@ class DeepSettings(RouteSettings):
     roi: dict
     sequences: list | None
     geometry: GeometryPolicy
-    weights_source: WeightsSource = _runtime()  # resolved once; read by the network loader
-    batch_size: int = _runtime(32)
-    device: str = _runtime("auto")
-    threads: int | None = _runtime()
+    weights_source: WeightsSource = _unkeyed()  # resolved once; read by the network loader
+    batch_size: int = _unkeyed(32)
+    device: str = _unkeyed("auto")
+    threads: int | None = _unkeyed()
+    roi_label: int = _unkeyed(1)  # each case's label is in its fingerprint (a manifest column may choose)
+    label_source: str = _unkeyed("default")
 
     @property
     def roi_config(self) -> RoiConfig:
@@ -105,12 +107,11 @@ def settings_from_config(config: Config) -> DeepSettings:
     """The deep route's settings, weights located once. Raises the first settings problem
     (:func:`config_problems` lists them all) as its own type (``WeightsNotFound``, ``ValueError``)."""
     deep = _deep_config(config)
-    errors = deep_config_errors(config)
+    resolved: dict[str, Any] = {}
+    errors = deep_config_errors(config, resolved)
     if errors:
         raise errors[0][1]
-    spec = get_spec(deep.backbone)
-    tap = resolve_layer(spec, deep.layer, deep.activation)
-    src = resolve_weights(deep.backbone, deep.weights, config.base_dir)
+    tap, src = resolved["tap"], resolved["weights"]  # located once, here
     return DeepSettings(
         schema=SCHEMA, backbone=deep.backbone, layer=deep.layer, module=tap.path, tap=tap.where,
         activation=deep.activation, weights=weights_identity(src),
@@ -118,7 +119,8 @@ def settings_from_config(config: Config) -> DeepSettings:
         slice_pooling=deep.slice_pooling, roi=config.roi.model_dump(mode="json"),
         sequences=list(config.cohort.sequences or []) if deep.channels == "sequences" else None,
         geometry=GeometryPolicy.of(config.cohort), weights_source=src, batch_size=deep.batch_size,
-        device=deep.device, threads=deep.threads)
+        device=deep.device, threads=deep.threads, roi_label=config.roi_label()[0],
+        label_source=config.roi_label()[1])
 
 
 def deep_settings(config: Config) -> dict[str, Any]:
@@ -149,10 +151,12 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if available else "cpu")
 
 
-def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
+def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tuple[str, Exception]]:
     """Every problem of the deep route's settings that shows before any image is read, as
     ``(config key, exception)``: backbone, layer and activation, input size, device, and
-    weights present on this machine (resolved, not read). Empty when the route is fine."""
+    weights present on this machine and fitting the network (hash, keys, shapes). Empty when the
+    route is fine. ``resolved``, when given, receives what the checks resolved (``tap``, ``weights``)."""
+    resolved = {} if resolved is None else resolved
     deep = config.features.deep
     if deep is None:
         return []
@@ -162,14 +166,17 @@ def deep_config_errors(config: Config) -> list[tuple[str, Exception]]:
         return [("features.deep.backbone", err)]
     errors: list[tuple[str, Exception]] = []
     checks = (
-        ("features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
-        ("roi.size", lambda: _check_min_size(spec, config.roi.size)),
-        ("features.deep.device", lambda: pick_device(deep.device)),
-        ("features.deep.weights", lambda: resolve_weights(deep.backbone, deep.weights, config.base_dir)),
+        ("tap", "features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
+        ("", "roi.size", lambda: _check_min_size(spec, config.roi.size)),
+        ("", "features.deep.device", lambda: pick_device(deep.device)),
+        # resolved, hash-checked and read (keys and shapes against the network) before any case is
+        ("weights", "features.deep.weights", lambda: check_weights_file(deep.backbone, deep.weights, config.base_dir)),
     )
-    for key, check in checks:
+    for name, key, check in checks:
         try:
-            check()
+            value = check()
+            if name:
+                resolved[name] = value
         except (ValueError, FileNotFoundError) as err:
             errors.append((key, err))
     return errors
@@ -419,6 +426,9 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         "route": ROUTE,
         **{k: v for k, v in key.items() if k not in ("weights", "schema", "route")},
         "resample_mask": settings.geometry.resample_mask,
+        "roi_label": {"label": settings.roi_label, "source": settings.label_source,
+                      "cases_with_own_label": {c.case_id: c.mask_label for c in cohort.cases
+                                               if c.mask_label != settings.roi_label}},
         "weights": weights_prov,
         "features_per_tag": table.shape[1] // len(tags) if ids else None,
         "tags": list(tags),

@@ -196,9 +196,14 @@ def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]
     return path
 
 
+#: read_csv arguments that parse every float exactly (pandas < 3 needs the round-trip parser)
+EXACT_FLOATS: dict = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
 def read_features(path: Path | str) -> pd.DataFrame:
-    """A feature table written by :func:`export_csv`: the same float64 values, bit for bit."""
-    df = pd.read_csv(path, index_col="case_id", dtype={"case_id": str}, float_precision="round_trip")
+    """A feature table written by :func:`export_csv`: the same float64 values, bit for bit
+    (pandas >= 3 parses floats exactly; tests/test_store.py checks it)."""
+    df = pd.read_csv(path, index_col="case_id", dtype={"case_id": str}, **EXACT_FLOATS)
     return df.astype(np.float64)
 
 

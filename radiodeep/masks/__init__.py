@@ -8,14 +8,18 @@ See :mod:`.rtstruct` for the rasterisation rule.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..errors import CaseError
 from . import cache
 from .dicomfiles import dicom_kind, read_dataset, series_slices
 
 __all__ = ["dicom_kind", "read_dicom_mask"]
+
+log = logging.getLogger(__name__)
 
 
 def read_dicom_mask(kind: str, mask_path: Path, image_path: Path, image: sitk.Image, case_id: str, *,
@@ -31,6 +35,9 @@ def read_dicom_mask(kind: str, mask_path: Path, image_path: Path, image: sitk.Im
     from .rtstruct import rasterise_rtstruct
 
     mask_path = Path(mask_path)
+    if image.GetDimension() != 3:
+        raise CaseError(case_id, f"an RTSTRUCT or DICOM-SEG mask needs a 3D image (a DICOM series folder); "
+                                 f"the image is {image.GetDimension()}D")
     slices = series_slices(Path(image_path), image, case_id)
     rule = RT_RULE if kind == "rtstruct" else SEG_RULE
     key = cache.mask_key(mask_path, image, slices, roi, rule, None if kind == "rtstruct" else seg_threshold)
@@ -45,7 +52,10 @@ def read_dicom_mask(kind: str, mask_path: Path, image_path: Path, image: sitk.Im
         mask = rasterise_rtstruct(mask_path, image, slices, roi, case_id, said, ds=ds)
     else:
         mask = read_seg_mask(mask_path, image, slices, roi, case_id, said, threshold=seg_threshold, ds=ds)
-    cache.save(cache_dir, key, mask, said)
+    try:
+        cache.save(cache_dir, key, mask, said)
+    except OSError as err:  # a cache that cannot be written costs time, not the case
+        log.warning("case %s: mask not cached in %s (%s)", case_id, cache_dir, err.strerror or err)
     if notes is not None:
         notes.extend(said)
     return mask

@@ -24,7 +24,7 @@ __all__ = ["mask_key", "load", "save"]
 
 def mask_key(mask_path: Path, image: sitk.Image, slices: SeriesSlices, roi, rule: str, extra=None) -> str:
     h = hashlib.sha256()
-    with Path(mask_path).open("rb") as fh:
+    with open(mask_path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     geometry = {

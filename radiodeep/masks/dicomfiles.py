@@ -29,8 +29,8 @@ _LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 def dicom_kind(path: Path | str, case_id: str = "?") -> str | None:
     """``"rtstruct"`` or ``"seg"`` for a DICOM RTSTRUCT / Segmentation file, else None
-    (a label-map file or a folder). A ``.dcm`` file that is not readable DICOM, or is
-    another kind of DICOM object, raises :class:`CaseError` naming the file."""
+    (a label-map file, a DICOM image, a folder). A ``.dcm`` file that is not readable DICOM
+    raises :class:`CaseError` naming the file."""
     path = Path(path)
     if not path.is_file() or path.name.lower().endswith(_LABEL_MAP_SUFFIXES):
         return None
@@ -42,12 +42,7 @@ def dicom_kind(path: Path | str, case_id: str = "?") -> str | None:
         raise CaseError(case_id, f"mask file is not a readable DICOM file (no DICM preamble): {path}")
     ds = read_dataset(path, case_id, "mask", header_only=True)
     sop = str(ds.get("SOPClassUID", ""))
-    if sop in _KINDS:
-        return _KINDS[sop]
-    if path.suffix.lower() == ".dcm":
-        raise CaseError(case_id, f"mask file {path} is a DICOM object of SOP class {sop or '(none)'}, "
-                                 "neither an RTSTRUCT nor a DICOM-SEG")
-    return None
+    return _KINDS.get(sop)  # another DICOM object (a mask stored as an image): the label-map reader
 
 
 _SLICE_TAGS = ["SOPClassUID", "SOPInstanceUID", "ImagePositionPatient", "FrameOfReferenceUID"]

@@ -90,7 +90,8 @@ def _check_frame_of_reference(ds, number: int, name: str, slices: SeriesSlices, 
     roi_for = next((str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.StructureSetROISequence
                     if int(r.ROINumber) == number), "")
     if slices.frame_of_reference is None:
-        said.append("image is not a DICOM series: frame of reference not checked, contours placed by position")
+        said.append("image is not a DICOM series: frame of reference not checked, contours placed by position"
+                    if not slices.is_dicom else "image series names no frame of reference: not checked")
         return
     if roi_for and roi_for != slices.frame_of_reference:
         raise CaseError(case_id, f"RTSTRUCT ROI {name!r} is in frame of reference {roi_for}, the image series "
@@ -151,7 +152,8 @@ def _contours_by_slice(contours, image: sitk.Image, slices: SeriesSlices):
         if lo[0] < -0.5 or lo[1] < -0.5 or hi[0] > nx - 0.5 or hi[1] > ny - 0.5:
             counts["extend beyond the image in-plane (clipped)"].append(str(n))
         per_slice[k].append(xy)
-    problems = [f"{len(v)} of {len(contours)} contours {what}: #{', #'.join(v[:8])}{' ...' if len(v) > 8 else ''}"
+    problems = [f"all {len(v)} contours {what}" if len(v) == len(contours) and len(v) > 1 else
+                f"{len(v)} of {len(contours)} contours {what}: #{', #'.join(v[:8])}{' ...' if len(v) > 8 else ''}"
                 for what, v in counts.items()]
     return dict(per_slice), problems
 
@@ -176,8 +178,7 @@ def fill_polygons(polys: list[np.ndarray], nx: int, ny: int) -> np.ndarray:
     e, r = np.nonzero(crosses)
     xi = x1[e] + (rows[r] - y1[e]) / (y2[e] - y1[e]) * (x2[e] - x1[e])
     first = np.clip(np.ceil(xi), 0, nx).astype(np.intp)  # columns c < xi are those c < ceil(xi)
-    hits = np.zeros((len(rows), nx + 1), np.int32)
-    np.add.at(hits, (r, first), 1)
+    hits = np.bincount(r * (nx + 1) + first, minlength=len(rows) * (nx + 1)).reshape(len(rows), nx + 1)
     right = np.cumsum(hits[:, ::-1], axis=1)[:, ::-1]  # right[:, q] = crossings with ceil(xi) >= q
     out[r0:r1 + 1] = (right[:, 1:] & 1).astype(np.uint8)  # column c: crossings with xi > c
     return out

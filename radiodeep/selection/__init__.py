@@ -39,7 +39,7 @@ from ._base import loo_fits
 from .filters import CorrelationFilter
 from .relieff import ReliefF, _java_random_indices
 from .route_topk import RouteTopK
-from .symmetric_uncertainty import SymmetricUncertainty, mdl_cut_points
+from .symmetric_uncertainty import SymmetricUncertainty
 
 __all__ = [
     "ReliefF",
@@ -47,5 +47,4 @@ __all__ = [
     "RouteTopK",
     "CorrelationFilter",
     "loo_fits",
-    "mdl_cut_points",
 ]

@@ -252,22 +252,6 @@ def _sorted_columns(X: np.ndarray, y: np.ndarray):
     return np.take_along_axis(XT, order, axis=1), y[order], order
 
 
-def mdl_cut_points(X, y) -> list[np.ndarray]:
-    """Weka's supervised MDL discretisation (Fayyad & Irani, better encoding) of every column.
-
-    Returns one ascending array of cut points per column (empty: the column stays one bin).
-    A value ``v`` falls in bin ``np.searchsorted(cuts, v, side="left")``, i.e. bins are
-    (-inf, c0], (c0, c1], ... as in Weka.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
-    _, y_enc = np.unique(np.asarray(y), return_inverse=True)
-    y_enc = y_enc.astype(np.intp)
-    Xs, Ys, _ = _sorted_columns(X, y_enc)
-    return _su_from_sorted(Xs, Ys, int(y_enc.max()) + 1 if y_enc.size else 1)[1]
-
-
 class SymmetricUncertainty(_RankingSelector):
     """Weka's symmetrical uncertainty attribute evaluator as a scikit-learn selector.
 
