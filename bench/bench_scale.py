@@ -88,7 +88,7 @@ class Cluster:
         self.address = self.proc.stdout.readline().strip()
         from radiodeep.cluster import client_for
 
-        client_for(self.address).wait_for_workers(processes)
+        client_for(self.address, processes_per_host=processes).wait_for_workers(processes)
         self.start_s = time.perf_counter() - t
 
     def close(self):
@@ -161,7 +161,7 @@ def bench_extraction(work: Path, sizes, processes: int, reps: int, cluster: "Clu
 
             client = client_for(plain.address)
             # undo radiodeep's set-up: the library defaults (a thread per core each), profiler on
-            client.register_plugin(WorkerSetup((), threads=os.cpu_count(), profiler=True), name=PLUGIN_NAME)
+            client.register_plugin(WorkerSetup(threads=os.cpu_count(), profiler=True), name=PLUGIN_NAME)
             client.run(_profiler_on)
             s, _ = extract_once(work, manifest, f"plain{n}", {"backend": "dask", "address": plain.address})
         finally:

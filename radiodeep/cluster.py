@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import threading
-from collections import Counter
 from typing import Iterable
 
 import dask
@@ -63,8 +62,9 @@ class WorkerSetup(WorkerPlugin):
     """Set a Dask worker up as :func:`radiodeep.execution._worker_init` sets a local worker up.
 
     Threads per task: an explicit ``threads``, else the worker's cores shared between the
-    task slots of all radiodeep workers on its host (``per_host``: worker processes per host
-    as the client saw them; a host that joined later counts as one process).
+    task slots of all radiodeep workers on its host: ``processes_per_host`` when the cluster's
+    shape is known (one radiodeep started), else the worker processes on the worker's host as
+    the scheduler lists them when the worker is set up.
     ``skip_pid``/``skip_host``: the client's own process (an in-process worker, as in
     ``LocalCluster(processes=False)``), whose thread pools are left alone.
     """
@@ -73,28 +73,37 @@ class WorkerSetup(WorkerPlugin):
     idempotent = False
 
     def __init__(self, modules: Iterable[str] = (), threads: int | None = None,
-                 per_host: dict[str, int] | None = None, profiler: bool = False,
+                 processes_per_host: int | None = None, profiler: bool = False,
                  skip_pid: int | None = None, skip_host: str | None = None):
         self.modules = tuple(sorted(set(modules)))
         self.threads = threads
-        self.per_host = dict(per_host or {})
+        self.processes_per_host = processes_per_host
         self.profiler = profiler
         self.skip_pid = skip_pid
         self.skip_host = skip_host
 
-    def threads_for(self, worker) -> int:
+    async def _processes_on_host(self, worker) -> int:
+        if self.processes_per_host:
+            return self.processes_per_host
+        from distributed.comm.addressing import get_address_host
+
+        host = get_address_host(worker.address)
+        try:
+            info = await worker.scheduler.identity()
+            return max(1, sum(1 for w in info["workers"].values() if w.get("host") == host))
+        except Exception:  # noqa: BLE001 - on its own
+            return 1
+
+    async def threads_for(self, worker) -> int:
         if self.threads:
             return max(1, int(self.threads))
         env = os.environ.get("RADIODEEP_THREADS_PER_TASK")
         if env and env.isdigit() and int(env) > 0:
             return int(env)
-        from distributed.comm.addressing import get_address_host
-
-        procs = self.per_host.get(get_address_host(worker.address), 1)
-        slots = max(1, procs * max(1, worker.state.nthreads))
+        slots = await self._processes_on_host(worker) * max(1, worker.state.nthreads)
         return max(1, _cores() // slots)
 
-    def setup(self, worker):
+    async def setup(self, worker):
         from .execution import cap_threads
 
         for mod in self.modules:  # first: the caps then reach the libraries these load
@@ -104,7 +113,7 @@ class WorkerSetup(WorkerPlugin):
                 log.warning("radiodeep worker %s: cannot import %s: %s", worker.address, mod, err)
         if self.skip_pid == os.getpid() and self.skip_host == socket.gethostname():
             return  # a worker inside the client's process: its thread pools are the client's
-        cap_threads(self.threads_for(worker))
+        cap_threads(await self.threads_for(worker))
         if not self.profiler:
             for name in ("profile", "profile-cycle"):
                 pc = worker.periodic_callbacks.get(name)
@@ -116,12 +125,20 @@ class WorkerSetup(WorkerPlugin):
 _LOCK = threading.Lock()
 _CLIENTS: dict[str, Client] = {}
 _MODULES: dict[str, frozenset] = {}
+_SHAPE: dict[str, int] = {}
 
 
-def client_for(address: str, modules: Iterable[str] = (), threads: int | None = None) -> Client:
-    """The process's client of the scheduler at ``address``, its workers set up for ``modules``."""
+def client_for(address: str, modules: Iterable[str] = (), threads: int | None = None,
+               processes_per_host: int | None = None) -> Client:
+    """The process's client of the scheduler at ``address``, its workers set up for ``modules``.
+
+    ``processes_per_host``: worker processes per machine when the caller knows (a cluster it
+    started); it is remembered for the address.
+    """
     want = frozenset(BASE_MODULES) | frozenset(m for m in modules if m)
     with _LOCK:
+        if processes_per_host:
+            _SHAPE[address] = processes_per_host
         client = _CLIENTS.get(address)
         if client is not None and client.status not in ("running", "connecting"):
             _drop(address)
@@ -135,8 +152,7 @@ def client_for(address: str, modules: Iterable[str] = (), threads: int | None = 
             _MODULES[address] = frozenset()
         if not want <= _MODULES[address]:
             want |= _MODULES[address]
-            hosts = Counter(w["host"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
-            client.register_plugin(WorkerSetup(want, threads, hosts, skip_pid=os.getpid(),
+            client.register_plugin(WorkerSetup(want, threads, _SHAPE.get(address), skip_pid=os.getpid(),
                                                skip_host=socket.gethostname()), name=PLUGIN_NAME)
             _MODULES[address] = want
         return client
@@ -204,7 +220,11 @@ def start_cluster(spec, *, wait_workers: int = 1, timeout: float = 600):
             cluster.scale(jobs=spec.jobs)
             log.info("submitted %d %s job(s) for Dask workers; waiting for the first to start "
                      "(scheduler %s)", spec.jobs, spec.kind, cluster.scheduler_address)
-        client = client_for(cluster.scheduler_address)
+        per_host = spec.processes * (spec.jobs if spec.kind == "local" else 1)  # local: one host
+        # a job's cores shared between its task slots (a node may hold more cores than the job)
+        slots = spec.processes * max(1, spec.cores // spec.processes)
+        client = client_for(cluster.scheduler_address, threads=max(1, spec.cores // slots),
+                            processes_per_host=per_host)
         client.wait_for_workers(min(wait_workers, spec.jobs * spec.processes), timeout=timeout)
         yield cluster.scheduler_address
     finally:

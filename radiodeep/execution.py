@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
@@ -414,6 +415,19 @@ def _module_of(func) -> str | None:
     return getattr(func, "__module__", None)
 
 
+_SEQ = itertools.count()
+
+
+def _keys(kind: str, n: int) -> list[str]:
+    """Task keys that make the scheduler start independent tasks in submission order.
+
+    Dask orders the independent tasks of one submission by key, the largest key first, so a
+    random key would shuffle the cases (the callers hand the largest cases out first, so that
+    no long case starts last); the counter runs down instead.
+    """
+    return [f"radiodeep-{kind}-{10 ** 12 - next(_SEQ):012d}-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+
+
 def _value(x):
     return x
 
@@ -471,7 +485,7 @@ def _map_dask(func, items, address: str):
             return
         batch = [pending.popleft() for _ in range(min(len(pending), window - len(owner)))]
         futs = client.map(_call_shared, [item for _, item in batch], fn=shared, pure=False,
-                          retries=1, key=[f"radiodeep-case-{uuid.uuid4().hex}" for _ in batch])
+                          retries=1, key=_keys("case", len(batch)))
         for fut, (_, item) in zip(futs, batch):
             owner[fut.key] = (item, fut)
         ac.update(futs)
@@ -545,7 +559,7 @@ def _calls_dask(fn, calls, shared, address):
                 if args is None:
                     break
                 queue.append(client.submit(_one_blas_thread, fn, *args, pure=False, retries=1,
-                                           key=f"radiodeep-call-{uuid.uuid4().hex}", **remote))
+                                           key=_keys("call", 1)[0], **remote))
             if not queue:
                 return
             fut = queue.popleft()
