@@ -110,6 +110,15 @@ def noop(x):
     return x
 
 
+def timed_case(case, params):
+    """One case's PyRadiomics extraction, timed inside the worker: (wall s, CPU s)."""
+    from radiodeep.features.handcrafted import extract_case
+
+    t, c = time.perf_counter(), time.process_time()
+    extract_case(case, params=params, mode="3d", roi_cfg=None, geometry=None)
+    return time.perf_counter() - t, time.process_time() - c
+
+
 # --------------------------------------------------------------------------- extraction
 def study_config(work: Path, manifest: Path, out: str, execution: dict):
     from radiodeep.config import parse_config

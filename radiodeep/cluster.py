@@ -5,9 +5,10 @@
   cluster once per permutation) and registers :class:`WorkerSetup` on its workers.
 * :class:`WorkerSetup`, a worker plugin, makes a Dask worker look like a local worker: the
   same thread caps (:func:`radiodeep.execution.cap_threads`: ITK, torch intra-op,
-  BLAS/OpenMP), radiodeep's heavy modules imported once when the worker starts (not inside
-  the first case), and Dask's statistical profiler stopped (it samples the running task's
-  stack every 10 ms, holding the GIL that PyRadiomics' Python code needs).
+  BLAS/OpenMP), radiodeep's heavy modules imported once when the worker starts (the mapped
+  function's module and its ``warm_worker()``, not inside the first case: a forked local
+  worker inherits them), and Dask's statistical profiler stopped (it samples the running
+  task's stack every 10 ms, holding the GIL that PyRadiomics' Python code needs).
 * :func:`start_cluster` starts the cluster ``execution.cluster`` describes: a
   ``dask-jobqueue`` SLURM or PBS cluster (jobs submitted by the scheduler's host, the
   scheduler running in this process) or a :class:`~distributed.LocalCluster`.
@@ -15,9 +16,12 @@
 A worker that dies while computing a case (killed for memory, a crash in native code) gets
 the case again on another worker up to the scheduler's ``allowed-failures`` times, then the
 case fails with :class:`~radiodeep.execution.WorkerDied`. Clusters started here allow one
-retry; on a scheduler started elsewhere set ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1``
-(Dask's default is 3). distributed's per-task ``retries`` covers errors a task raises, never a
-lost worker.
+retry and send a worker only the cases it runs (``worker-saturation: 1.0``: a case merely
+queued on a dying worker would be counted as a suspect too); on a scheduler started elsewhere
+set ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1`` and
+``DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION=1.0`` (Dask's defaults: 3 and 1.1).
+distributed's per-task ``retries`` (also set) covers errors a task raises outside the case's
+own error handling, never a lost worker.
 """
 
 from __future__ import annotations
@@ -106,11 +110,14 @@ class WorkerSetup(WorkerPlugin):
     async def setup(self, worker):
         from .execution import cap_threads
 
-        for mod in self.modules:  # first: the caps then reach the libraries these load
-            try:
-                importlib.import_module(mod)
+        for name in self.modules:  # first: the caps then reach the libraries these load
+            try:  # a module's warm_worker() imports what it loads lazily (PyRadiomics' classes)
+                mod = importlib.import_module(name)
+                warm = getattr(mod, "warm_worker", None)
+                if callable(warm):
+                    warm()
             except Exception as err:  # noqa: BLE001 - the task will raise it with its case
-                log.warning("radiodeep worker %s: cannot import %s: %s", worker.address, mod, err)
+                log.warning("radiodeep worker %s: cannot import %s: %s", worker.address, name, err)
         if self.skip_pid == os.getpid() and self.skip_host == socket.gethostname():
             return  # a worker inside the client's process: its thread pools are the client's
         cap_threads(await self.threads_for(worker))

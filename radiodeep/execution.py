@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import logging
 import multiprocessing
 import os
@@ -415,17 +414,10 @@ def _module_of(func) -> str | None:
     return getattr(func, "__module__", None)
 
 
-_SEQ = itertools.count()
-
-
 def _keys(kind: str, n: int) -> list[str]:
-    """Task keys that make the scheduler start independent tasks in submission order.
-
-    Dask orders the independent tasks of one submission by key, the largest key first, so a
-    random key would shuffle the cases (the callers hand the largest cases out first, so that
-    no long case starts last); the counter runs down instead.
-    """
-    return [f"radiodeep-{kind}-{10 ** 12 - next(_SEQ):012d}-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+    # unique keys (the scheduler starts independent tasks in the order submitted: client.map
+    # ranks them so, and the callers hand the largest cases out first)
+    return [f"radiodeep-{kind}-{uuid.uuid4().hex}" for _ in range(n)]
 
 
 def _value(x):
@@ -455,7 +447,14 @@ def _window(client) -> int:
     return max(64, 4 * slots)
 
 
-def _dask_result(fut):
+def _dask_result(fut, shared=None):
+    if shared is not None and shared.status in ("error", "cancelled"):  # the function never arrived
+        try:
+            why = f"{type(shared.exception()).__name__}: {shared.exception()}"
+        except Exception as err:  # noqa: BLE001
+            why = f"{type(err).__name__}: {err}"
+        return RuntimeError(f"the function could not be sent to the Dask workers ({why}); "
+                            "do they have the same radiodeep installed?")
     if fut.status == "error":
         err = fut.exception()
         if type(err).__name__ == "KilledWorker":
@@ -495,7 +494,7 @@ def _map_dask(func, items, address: str):
         while owner:
             fut = next(ac)
             item, _ = owner.pop(fut.key)
-            result = _dask_result(fut)
+            result = _dask_result(fut, shared if fut.status != "finished" else None)
             fut.release()
             del fut
             top_up()

@@ -221,24 +221,3 @@ def test_pbs_job_script_and_cluster_config_validation():
     with pytest.raises(ValueError):
         ClusterConfig(kind="sge")
 
-
-def started_at(item):
-    import time
-
-    t = time.monotonic()
-    time.sleep(0.05)
-    return t
-
-
-def test_dask_starts_cases_in_the_order_given(tmp_path):
-    """The callers hand the largest cases out first (no long case left to start last): Dask must
-    keep that order, as the local pool does."""
-    c = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
-    try:
-        out = dict(map_cases(started_at, range(150), backend="dask", address=c.scheduler_address,
-                             progress=False))
-    finally:
-        close_clients()
-        c.close()
-    order = sorted(out, key=out.get)
-    assert order == list(range(150))
