@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from .learned import schema as _learned  # the learned route's schema (no torch import)
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -223,11 +224,12 @@ class DeepConfig(_Strict):
 class FeaturesConfig(_Strict):
     handcrafted: HandcraftedConfig | None = None
     deep: DeepConfig | None = None
+    image: _learned.ImageConfig | None = None  # learned route (radiodeep/learned): the ROI tensor itself
 
     @model_validator(mode="after")
     def _at_least_one(self):
-        if self.handcrafted is None and self.deep is None:
-            raise ValueError("name at least one feature route: 'handcrafted' and/or 'deep'")
+        if self.handcrafted is None and self.deep is None and self.image is None:
+            raise ValueError("name at least one feature route: 'handcrafted', 'deep' and/or 'image'")
         return self
 
 
@@ -284,9 +286,15 @@ class ClassifierConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
-    features: list[Literal["handcrafted", "deep"]] = Field(min_length=1)
+    features: list[Literal["handcrafted", "deep", "image"]] = Field(min_length=1)
     select: SelectConfig = Field(default_factory=lambda: SelectConfig(method="none"))
-    classifier: ClassifierConfig
+    # learned classifiers (cnn_finetune, ...) are defined in radiodeep/learned/schema.py
+    classifier: _learned.classifier_field(ClassifierConfig)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _learned_route(self):
+        _learned.check_experiment(self)
+        return self
 
     @field_validator("classifier", mode="before")
     @classmethod
@@ -387,6 +395,7 @@ class Config(_Strict):
                 raise ValueError("channel strategy 'sequences' needs cohort.sequences (three manifest columns)")
             if deep.channels == "ct_windows" and self.roi.intensity.modality != "CT":
                 raise ValueError("channel strategy 'ct_windows' needs roi.intensity.modality: CT")
+        _learned.check_config(self)
         return self
 
     @property
@@ -515,6 +524,8 @@ def _clean_loc(loc: tuple) -> tuple:
     keep = []
     for part in loc:
         if isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"}):
+            continue
+        if isinstance(part, str) and part in _learned.LOC_TAGS:  # the classifier union's branch names
             continue
         keep.append(part)
     return tuple(keep)

@@ -325,7 +325,8 @@ def _pooled_auc(pred_rows, y: np.ndarray) -> float:
 
 def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: str = "",
              split: pd.Series | None = None, progress: bool = False, n_jobs: int = 1,
-             fast: bool = True, backend: str = "local", address: str | None = None) -> EvaluationResult:
+             fast: bool = True, backend: str = "local", address: str | None = None,
+             dask_address: str | None = None) -> EvaluationResult:
     """Evaluate ``pipeline`` on ``X`` (cases x features) and ``y`` (0/1, 1 = positive).
 
     ``cfg`` is an :class:`~radiodeep.config.EvaluationConfig` (None: its defaults, leave-one-out);
@@ -333,7 +334,8 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
     refitted in every fold, so no information from a test case reaches its model. ``n_jobs`` > 1
     fits folds in parallel threads (same results: e.g. ``config.execution.n_jobs``);
     ``backend="dask"`` runs the folds and the permutations' folds on the Dask cluster at
-    ``address`` (same results);
+    ``address`` (same results; ``dask_address=A`` is short for ``backend="dask", address=A``),
+    the learned routes' training folds included;
     ``fast=False`` turns off the shared leave-one-out selection path (same results, slower).
     ``progress`` shows a per-fold progress bar. Raises ``ValueError`` when the experiment cannot
     run (too few cases of a class, k above the number of features, missing values, ...).
@@ -341,6 +343,8 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
     Scores are P(class 1) for probabilistic models (predicted positive above 0.5, as
     ``predict``), the decision function for SVMs (positive above 0).
     """
+    if dask_address is not None:
+        backend, address = "dask", dask_address
     if cfg is None:
         from .config import EvaluationConfig
 

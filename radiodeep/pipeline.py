@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ import pandas as pd
 from .config import Config
 from .errors import CaseFailure, ExitCode, os_fault
 from .features.store import RouteResult, export_csv, read_features
+from .learned.schema import is_learned as _is_learned
 from .provenance import environment, shareable
 from .validate import check_output_writable, check_routes, load_cohort
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RunError", "RunResult", "run", "exit_code", "extract_routes", "evaluate_experiments"]
 
-ROUTES = ("handcrafted", "deep")
+ROUTES = ("handcrafted", "deep", "image")  # image: the learned route (radiodeep/learned)
 
 
 class RunError(RuntimeError):
@@ -59,7 +61,8 @@ class RunResult:
         if not self.failures.empty:
             lines.append(f"{len(self.failures)} case problem(s): see {self.output_dir / 'failures.csv'}")
         for route, df in self.features.items():
-            lines.append(f"features_{route}.csv: {df.shape[0]} cases x {df.shape[1]} features")
+            lines.append(f"features_{route}.{'npz' if route == 'image' else 'csv'}: {df.shape[0]} cases x "
+                         f"{df.shape[1]} features")
         if self.report is not None:
             lines.append(f"report: {self.report}")
         lines.append(f"outputs in: {self.output_dir}")
@@ -208,11 +211,20 @@ def _read_exported(config: Config, record) -> dict[str, RouteResult]:
             problems.append(f"{p.name} was made with other {route} settings than the config's now "
                             f"(settings key {rec.settings_key}, config {key})")
             continue
-        results[route] = RouteResult(route, read_features(p), provenance=rec.provenance)
+        results[route] = RouteResult(route, _read_table(p), provenance=rec.provenance)
     if problems:
         raise RunError("--only evaluate cannot use the exported features; run 'radiodeep run CONFIG' "
                        "(or --only extract) first:\n" + "\n".join(f"  - {m}" for m in problems))
     return results
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """An exported route table: CSV, or the learned image route's tensors (``.npz``)."""
+    if path.suffix == ".npz":
+        from .learned.route import read_tensors
+
+        return read_tensors(path)
+    return read_features(path)
 
 
 def _describe(exp) -> dict:
@@ -252,11 +264,20 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
                          exp.name, len(missing))
             if yy.nunique() < 2:
                 raise ValueError("fewer than two classes among the cases with features")
-            pipe = build_pipeline(exp, routes, config.evaluation.seed)
+            if _is_learned(exp):  # learned route (radiodeep/learned): a network trained in every fold
+                from .learned.build import build_learned, cost_estimate
+
+                cost = cost_estimate(exp, config, yy, None if split is None else split.loc[ids])
+                log.info("%s", cost["text"])
+                if progress:
+                    print(cost["text"], file=sys.stderr, flush=True)
+                pipe = build_learned(exp, config, X)
+            else:
+                pipe = build_pipeline(exp, routes, config.evaluation.seed)
+            ex = config.execution
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
                            split=None if split is None else split.loc[ids], progress=progress,
-                           n_jobs=config.execution.n_jobs, backend=config.execution.backend,
-                           address=config.execution.address)
+                           n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address)
         except Exception as err:  # noqa: BLE001 - one experiment fails alone
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
@@ -411,7 +432,12 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
             prov = shareable(_plain(prov), base)
-            csv = export_csv(res.features, out / f"features_{name}.csv", prov)
+            if name == "image":  # learned route: float32 tensors as .npz (a row holds 3 x size x size values)
+                from .learned.route import export_tensors
+
+                csv = export_tensors(res.features, out / "features_image.npz", prov)
+            else:
+                csv = export_csv(res.features, out / f"features_{name}.csv", prov)
             record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
                                               _plain(prov), sha256=file_sha256(csv))
@@ -426,7 +452,7 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
         record.failures = [{**f.to_dict(), "reason": shareable(f.reason, base)} for f in failures]
         record.computed = ["extract"]
         # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
-        routes = {name: RouteResult(name, read_features(out / rec.features_csv), provenance=rec.provenance)
+        routes = {name: RouteResult(name, _read_table(out / rec.features_csv), provenance=rec.provenance)
                   for name, rec in record.routes.items()}
     from .features.weights import random_weight_routes
 

@@ -329,3 +329,23 @@ def test_demo_study_uses_imagenet_features_when_alexnet_is_absent(tmp_path, monk
     assert deep["backbone"] == "efficientnet_lite0" and deep["weights"] == "IMAGENET1K_V1" and note
     study = yaml.safe_load(yaml.safe_dump(demo_config(deep=deep)))
     assert study["features"]["deep"]["backbone"] == "efficientnet_lite0"
+
+
+def test_a_run_on_random_weights_says_so_at_the_end_and_in_the_report(tmp_path, capsys):
+    from radiodeep.synth import make_cohort
+
+    make_cohort(tmp_path / "c", n_cases=8, seed=3, modality="ct")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "cohort": {"manifest": "c/manifest.csv", "positive_label": "short"},
+        "roi": {"size": 32},
+        "features": {"deep": {"backbone": "resnet18", "weights": None, "layer": "penultimate", "device": "cpu"}},
+        "experiments": [{"name": "d", "features": ["deep"], "select": {"method": "su", "k": 3},
+                         "classifier": "naive_bayes"}],
+        "evaluation": {"scheme": "repeated_kfold", "folds": 2, "repeats": 1, "seed": 0},
+        "execution": {"n_jobs": 1}}), encoding="utf-8")
+    assert main(["run", str(study), "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("WARNING: route(s) deep used RANDOM network weights")
+    html = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
+    assert html.index("NOT IMAGENET FEATURES") < html.index("<h1>")

@@ -19,6 +19,7 @@ RECIPES = {
     "lung_adenocarcinoma_survival": {"modality": "ct", "split": False},
     "brain_mr_survival": {"modality": "mr", "split": False},
     "screening_nodules": {"modality": "ct", "split": True},
+    "brain_mr_finetune": {"modality": "mr", "split": False, "n_cases": 8, "size": 32},  # trains 16 networks
 }
 
 
@@ -34,6 +35,9 @@ def small(data: dict, manifest: Path, out: Path) -> dict:
     for exp in data["experiments"]:
         if isinstance(exp["classifier"], dict) and "n_estimators" in exp["classifier"]:
             exp["classifier"]["n_estimators"] = 10
+        if exp["features"] == ["image"]:  # learned: one epoch, small batches, one thread
+            exp["classifier"].update(epochs=1, batch_size=4, threads=1)
+            exp["classifier"].get("then", {}).update(n_estimators=10)
     data["output"] = str(out)
     data["execution"] = {"n_jobs": 1, "progress": False}
     return data
@@ -43,9 +47,11 @@ def small(data: dict, manifest: Path, out: Path) -> dict:
 def test_recipe_runs_on_phantoms(name, tmp_path):
     spec = RECIPES[name]
     recipe = ROOT / "pipelines" / name / "study.yaml"
-    manifest = make_cohort(tmp_path / "cohort", n_cases=12, seed=11, modality=spec["modality"],
+    n_cases = spec.get("n_cases", 12)
+    manifest = make_cohort(tmp_path / "cohort", n_cases=n_cases, seed=11, modality=spec["modality"],
                            split=spec["split"])
     data = small(yaml.safe_load(recipe.read_text(encoding="utf-8")), manifest, tmp_path / "out")
+    data["roi"]["size"] = spec.get("size", data["roi"]["size"])
     cfg = parse_config(data, base_dir=recipe.parent, source=str(recipe))
     res = run(cfg)
     assert not res.experiment_errors, res.experiment_errors
@@ -61,7 +67,13 @@ def test_recipe_runs_on_phantoms(name, tmp_path):
         test_ids = set(pd.read_csv(manifest).query("split == 'test'").case_id)
         assert set(preds.case_id) == test_ids
     else:
-        assert preds.groupby("experiment").case_id.nunique().eq(12).all()
+        assert preds.groupby("experiment").case_id.nunique().eq(n_cases).all()
     if name == "screening_nodules":  # channels: each -> three feature sets named by channel
         cols = pd.read_csv(tmp_path / "out" / "features_deep.csv", nrows=1).columns
         assert {c.rsplit("_", 2)[1] for c in cols if c != "case_id"} == {"r", "g", "b"}
+    if name == "brain_mr_finetune":  # fine-tuned beside frozen features of the same network, same cases
+        delong = pd.read_csv(tmp_path / "out" / "delong.csv")
+        pairs = set(zip(delong.experiment_a, delong.experiment_b))
+        assert {("frozen-lite0-su10-rf", "finetune-lite0"), ("frozen-lite0-su10-rf", "finetune-lite0-rf")} <= pairs
+        assert (delong["n"] == n_cases).all()
+        assert len(list((tmp_path / "out" / "audit" / "finetune-lite0").glob("heldout_*.json"))) == n_cases

@@ -25,7 +25,7 @@ def test_shipped_config_validates(path, tmp_path):
 
 
 def test_recipes_have_a_readme_naming_what_to_supply():
-    assert len(RECIPES) == 3
+    assert len(RECIPES) >= 3  # the published three, then recipes of later issues (brain_mr_finetune, ...)
     for recipe in RECIPES:
         text = (recipe.parent / "README.md").read_text(encoding="utf-8")
         assert "You supply" in text and "published" in text

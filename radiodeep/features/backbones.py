@@ -555,10 +555,11 @@ def _load(name: str, weights: "str | Path | WeightsSource | None", base_dir: Pat
     return model, prov
 
 
-def check_weights_file(name: str, weights: str | Path | None, base_dir: Path | str | None = None):
-    """Read the weights file and check that it fits the network, before any work: the hash for a
-    known file, ``torch.load(weights_only=True)``, every key and shape. Raises :class:`WeightsError`;
-    returns the resolved source (what :func:`resolve_weights` gives)."""
+def check_weights_file(name: str, weights: str | Path | None, base_dir: Path | str | None = None
+                       ) -> WeightsSource:
+    """Resolve the weights and read the file to check that it fits the network, before any work: the
+    hash of a known file, ``torch.load(weights_only=True)``, every key and shape. Returns the
+    :class:`WeightsSource`; raises :class:`WeightsError` (or :class:`WeightsNotFound`)."""
     spec = get_spec(name)
     src = resolve_weights(name, weights, base_dir)
     if src.kind == "random" or spec.family == "matconvnet":

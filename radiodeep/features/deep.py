@@ -50,7 +50,6 @@ from .backbones import (
     normalisation_affine,
     normalisation_provenance,
     resolve_layer,
-    resolve_weights,
     weights_identity,
     weights_provenance,
     WeightsSource,
@@ -154,8 +153,9 @@ def pick_device(choice: str) -> torch.device:
 def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tuple[str, Exception]]:
     """Every problem of the deep route's settings that shows before any image is read, as
     ``(config key, exception)``: backbone, layer and activation, input size, device, and
-    weights present on this machine and fitting the network (hash, keys, shapes). Empty when the
-    route is fine. ``resolved``, when given, receives what the checks resolved (``tap``, ``weights``)."""
+    weights present on this machine and fitting the network (hash, keys, shapes: the file is read).
+    Empty when the route is fine.
+    ``resolved``, when given, receives what the checks resolved (``tap``, ``weights``)."""
     resolved = {} if resolved is None else resolved
     deep = config.features.deep
     if deep is None:

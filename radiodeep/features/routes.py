@@ -44,6 +44,7 @@ __all__ = ["ROUTES", "RouteSettings", "RunContext", "Route", "get_route", "confi
 ROUTES: dict[str, str] = {
     "handcrafted": "radiodeep.features.handcrafted",
     "deep": "radiodeep.features.deep",
+    "image": "radiodeep.learned.route",  # learned route: each case's prepared ROI tensor (issue 13)
 }
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-
 __all__ = [
     "KnownWeights",
     "WeightsHashError",
@@ -171,7 +170,6 @@ CNN_F = KnownWeights("cnn_f", "imagenet-vgg-f.mat", None, None,
 @functools.lru_cache(maxsize=1)
 def _registry() -> dict[str, KnownWeights]:
     import torch
-
     from torchvision.models import get_model_weights
 
     out = {w.name: w for w in _PACKAGED}
@@ -257,8 +255,6 @@ def fetch(name: str, *, progress: bool = True, folder: Path | None = None) -> Pa
     A file already there (and intact) is not downloaded again. Offline, or for a file that
     only comes with a package, :class:`DownloadError` says so in one line.
     """
-    import torch
-
     w = get_known(name)
     found = w.find()
     if found is not None:
@@ -271,6 +267,8 @@ def fetch(name: str, *, progress: bool = True, folder: Path | None = None) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / w.file
     part = dst.with_name(dst.name + ".part")
+    import torch
+
     try:
         torch.hub.download_url_to_file(w.url, str(part), hash_prefix=None, progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as err:
@@ -299,7 +297,7 @@ def import_file(path: Path | str, *, folder: Path | None = None) -> tuple[KnownW
     if not src.is_file():
         raise FileNotFoundError(f"no such file: {src}")
     digest = file_sha256(src)
-    hits = [w for w in known() if w.hash_matches(digest) and (w.full_hash or src.stat().st_size > 0)]
+    hits = [w for w in known() if w.hash_matches(digest)]
     if not hits:
         by_name = match_file(src)
         if by_name is not None:
