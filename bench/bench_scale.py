@@ -263,7 +263,9 @@ def main() -> None:
         return
     import logging
 
-    logging.basicConfig(level=logging.WARNING)
+    sys.stdout.reconfigure(line_buffering=True)  # figures appear as measured, also in a log file
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # shutdown chatter
     P = args.processes
     print(f"bench_scale: {P} processes per backend on {os.cpu_count()} cores [{load()}]"
           + ("  (--quick)" if args.quick else ""))

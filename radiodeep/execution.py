@@ -434,20 +434,25 @@ def _shared(client, value):
 
 
 def _call_shared(item, fn):
-    """On a Dask worker: ``fn`` arrives once per worker (a scattered future), the item per task."""
+    """On a Dask worker: ``fn`` arrives once per worker (a shared task), the item per task."""
     return _call(fn, item)
+
+
+def _slots(client) -> int:
+    """Task slots (worker threads) of the cluster now."""
+    try:
+        return sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def _window(client) -> int:
     """Cases submitted at a time: every task slot busy plus a queue, a bounded number of futures."""
-    try:
-        slots = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
-    except Exception:  # noqa: BLE001
-        slots = 0
-    return max(64, 4 * slots)
+    return max(64, 4 * _slots(client))
 
 
-def _dask_result(fut, shared=None):
+def _dask_result(fut, value, shared=None):
+    """What a finished future means for its case; ``value`` is its result, fetched already."""
     if shared is not None and shared.status in ("error", "cancelled"):  # the function never arrived
         try:
             why = f"{type(shared.exception()).__name__}: {shared.exception()}"
@@ -463,7 +468,7 @@ def _dask_result(fut, shared=None):
         return err if isinstance(err, Exception) else WorkerDied(str(err))
     if fut.status == "cancelled":
         return WorkerDied("the task was cancelled on the Dask cluster")
-    return _outcome(fut.result())
+    return _outcome(value)
 
 
 def _map_dask(func, items, address: str):
@@ -476,7 +481,8 @@ def _map_dask(func, items, address: str):
     pending = deque(enumerate(items))
     owner: dict = {}
     window = _window(client)
-    ac = as_completed(loop=client.loop)
+    # results fetched in the background as tasks finish, while the caller saves the last case
+    ac = as_completed(loop=client.loop, with_results=True, raise_errors=False)
 
     def top_up():
         # in batches of half a window: one round trip to the scheduler per batch, not per case
@@ -492,11 +498,11 @@ def _map_dask(func, items, address: str):
     try:
         top_up()
         while owner:
-            fut = next(ac)
+            fut, value = next(ac)
             item, _ = owner.pop(fut.key)
-            result = _dask_result(fut, shared if fut.status != "finished" else None)
+            result = _dask_result(fut, value, shared if fut.status != "finished" else None)
             fut.release()
-            del fut
+            del fut, value
             top_up()
             yield item, result
     finally:
@@ -517,8 +523,9 @@ def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = Non
     The evaluation's folds: ``shared`` (the feature matrix, the labels) is passed to every
     call as is in this process, and sent to every Dask worker once (``backend="dask"``).
     ``n_jobs`` > 1 runs local calls in threads (the estimators release the GIL; no copies).
-    Exceptions propagate, as from a plain call. On Dask each call runs with one BLAS
-    thread, as the evaluation runs its local folds, so the numbers are the same.
+    Exceptions propagate, as from a plain call. On Dask the calls travel in chunks (a few per
+    task slot: a fold may be milliseconds of work), each call with one BLAS thread, as the
+    evaluation runs its local folds, so the numbers are the same.
     """
     shared = dict(shared or {})
     if backend == "dask":
@@ -536,39 +543,39 @@ def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = Non
     yield from par(delayed(fn)(*args, **shared) for args in calls)
 
 
-def _one_blas_thread(fn, *args, **kwargs):
+def _run_chunk(fn, chunk, **shared):
+    """Calls in a row on one worker, each with one BLAS thread (as the local folds run)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return fn(*args, **kwargs)
+        return [fn(*args, **shared) for args in chunk]
 
 
 def _calls_dask(fn, calls, shared, address):
     from .cluster import client_for
 
     client = client_for(address, [_module_of(fn)])
+    calls = list(calls)
+    slots = max(1, _slots(client))
+    # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip
+    size = max(1, -(-len(calls) // (4 * slots)))
+    chunks = [calls[i:i + size] for i in range(0, len(calls), size)]
     remote = {k: _shared(client, v) for k, v in shared.items()}
-    window = _window(client)
-    queue: deque = deque()
-    calls = iter(calls)
+    futs: deque = deque()
     try:
-        while True:
-            while len(queue) < window:
-                args = next(calls, None)
-                if args is None:
-                    break
-                queue.append(client.submit(_one_blas_thread, fn, *args, pure=False, retries=1,
-                                           key=_keys("call", 1)[0], **remote))
-            if not queue:
-                return
-            fut = queue.popleft()
-            result = fut.result()  # raises the call's exception, as a plain call would
+        for chunk in chunks:
+            futs.append(client.submit(_run_chunk, fn, chunk, pure=False, retries=1,
+                                      key=_keys("call", 1)[0], **remote))
+        del calls, chunks
+        while futs:
+            fut = futs.popleft()
+            results = fut.result()  # raises the call's exception, as a plain call would
             fut.release()
-            yield result
+            yield from results
     finally:
-        if queue:
+        if futs:
             with contextlib.suppress(Exception):
-                client.cancel(list(queue))
+                client.cancel(list(futs))
         for f in remote.values():
             with contextlib.suppress(Exception):
                 f.release()
