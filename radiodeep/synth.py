@@ -10,19 +10,26 @@ two classes differ the way real outcome classes might:
 The class parameters are drawn from overlapping distributions, so the task is
 learnable but not trivial. Everything is deterministic per ``seed``; each case has
 its own random stream, so case ``i`` is the same whatever the cohort size.
+
+:class:`Acquisition` changes how a cohort is scanned (pixel spacing, noise level, a softer
+reconstruction kernel as a Gaussian blur) without changing the lesions' classes:
+:func:`make_cohort_pair` writes two cohorts that differ that way (a real shift for external
+validation: train on cohort 1, test on cohort 2). The default acquisition gives exactly the
+phantoms written before these options existed.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-__all__ = ["PhantomCase", "make_case", "make_cohort", "POSITIVE", "NEGATIVE"]
+__all__ = ["PhantomCase", "Acquisition", "ACQUISITIONS", "make_case", "make_cohort", "make_cohort_pair",
+           "POSITIVE", "NEGATIVE"]
 
 POSITIVE, NEGATIVE = "short", "long"
 FOV_MM = (56.0, 72.0, 72.0)  # z, y, x physical extent
@@ -37,18 +44,45 @@ class PhantomCase:
     extra: dict[str, np.ndarray]  # further MR sequences by name
 
 
+@dataclass(frozen=True)
+class Acquisition:
+    """How a phantom cohort is acquired; the default is the original phantoms' acquisition.
+
+    ``spacing_xy`` / ``spacing_z``: ranges (mm) the per-case spacing is drawn from;
+    ``noise``: factor on the per-case noise level; ``blur_mm``: sigma (mm, in-plane; through-plane
+    too) of a Gaussian applied to the image after the noise (a soft reconstruction kernel).
+    """
+
+    spacing_xy: tuple[float, float] = (0.7, 1.0)
+    spacing_z: tuple[float, float] = (1.5, 3.0)
+    noise: float = 1.0
+    blur_mm: float = 0.0
+    name: str = field(default="default", compare=False)
+
+
+#: two scanners for external-validation phantoms: sharp/fine/noisy vs soft/coarse/quieter
+ACQUISITIONS = {
+    "cohort1": Acquisition(spacing_xy=(0.6, 0.8), spacing_z=(1.0, 1.5), noise=1.3, blur_mm=0.0,
+                           name="cohort1"),
+    "cohort2": Acquisition(spacing_xy=(0.9, 1.1), spacing_z=(2.5, 3.0), noise=0.6, blur_mm=0.8,
+                           name="cohort2"),
+}
+
+
 def _grid(shape, spacing_zyx):
     z, y, x = (np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing_zyx))
     return np.meshgrid(z, y, x, indexing="ij")
 
 
-def make_case(index: int, seed: int = 0, modality: str = "ct", positive: bool | None = None) -> PhantomCase:
+def make_case(index: int, seed: int = 0, modality: str = "ct", positive: bool | None = None,
+              acquisition: Acquisition | None = None) -> PhantomCase:
     """One phantom case; ``positive`` defaults to alternating classes by index."""
+    acq = acquisition or Acquisition()
     rng = np.random.default_rng([seed, index])
     if positive is None:
         positive = index % 2 == 0
-    sxy = rng.uniform(0.7, 1.0)
-    sz = rng.uniform(1.5, 3.0)
+    sxy = rng.uniform(*acq.spacing_xy)
+    sz = rng.uniform(*acq.spacing_z)
     spacing_zyx = (sz, sxy, sxy)
     shape = tuple(int(round(f / s)) for f, s in zip(FOV_MM, spacing_zyx))
     Z, Y, X = _grid(shape, spacing_zyx)
@@ -96,7 +130,7 @@ def make_case(index: int, seed: int = 0, modality: str = "ct", positive: bool | 
         if necrosis:
             lesion_val = np.where(core, lesion_val - 40.0, lesion_val)
         img[lesion] = lesion_val[lesion]
-        img += rng.uniform(8.0, 30.0) * rng.standard_normal(shape).astype(np.float32)
+        img += acq.noise * rng.uniform(8.0, 30.0) * rng.standard_normal(shape).astype(np.float32)
         extra = {}
     elif modality == "mr":
         gain = rng.uniform(0.6, 1.6)  # arbitrary MR units vary between scanners
@@ -111,7 +145,7 @@ def make_case(index: int, seed: int = 0, modality: str = "ct", positive: bool | 
                 lv = np.where(core, necro_v, lv)
             v[lesion] = lv[lesion]
             v = v * bias * gain
-            return (v + rng.uniform(5.0, 20.0) * np.abs(rng.standard_normal(shape))).astype(np.float32)
+            return (v + acq.noise * rng.uniform(5.0, 20.0) * np.abs(rng.standard_normal(shape))).astype(np.float32)
 
         img = sequence(300.0, 400.0, 520.0, 250.0)  # T1 with contrast
         extra = {"t2": sequence(250.0, 350.0, 600.0, 800.0),
@@ -119,6 +153,10 @@ def make_case(index: int, seed: int = 0, modality: str = "ct", positive: bool | 
     else:
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
 
+    if acq.blur_mm > 0:
+        sigma = tuple(acq.blur_mm / s for s in spacing_zyx)
+        img = ndimage.gaussian_filter(img, sigma)
+        extra = {k: ndimage.gaussian_filter(v, sigma) for k, v in extra.items()}
     return PhantomCase(img.astype(np.float32), lesion.astype(np.uint8),
                        (sxy, sxy, sz), POSITIVE if positive else NEGATIVE, extra)
 
@@ -131,11 +169,13 @@ def _write(arr: np.ndarray, spacing, path: Path, origin) -> None:
 
 
 def make_cohort(out_dir: Path | str, n_cases: int = 40, seed: int = 0, modality: str = "ct",
-                split: bool = False) -> Path:
+                split: bool | str = False, acquisition: Acquisition | None = None,
+                id_prefix: str = "") -> Path:
     """Write a phantom cohort (NRRD volumes, masks, ``manifest.csv``); return the manifest path.
 
     Classes are balanced (alternating). With ``split=True`` a ``split`` column
-    assigns the first half of each class to ``train`` and the rest to ``test``.
+    assigns the first half of each class to ``train`` and the rest to ``test``; a string
+    ``split`` puts every case in that split. ``id_prefix`` starts every case id.
     """
     if n_cases < 2:
         raise ValueError(f"a cohort needs at least 2 cases, got {n_cases}")
@@ -145,8 +185,8 @@ def make_cohort(out_dir: Path | str, n_cases: int = 40, seed: int = 0, modality:
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n_cases):
-        case = make_case(i, seed=seed, modality=modality)
-        cid = f"{modality}{i:03d}"
+        case = make_case(i, seed=seed, modality=modality, acquisition=acquisition)
+        cid = f"{id_prefix}{modality}{i:03d}"
         origin = (-FOV_MM[2] / 2, -FOV_MM[1] / 2, -100.0 + 3.0 * i)
         img_rel, mask_rel = f"images/{cid}.nrrd", f"masks/{cid}_mask.nrrd"
         _write(case.image, case.spacing, out / img_rel, origin)
@@ -156,13 +196,46 @@ def make_cohort(out_dir: Path | str, n_cases: int = 40, seed: int = 0, modality:
             rel = f"images/{cid}_{name}.nrrd"
             _write(arr, case.spacing, out / rel, origin)
             row[name] = rel
-        if split:
+        if isinstance(split, str):
+            row["split"] = split
+        elif split:
             row["split"] = "train" if (i // 2) < (n_cases // 4 + (n_cases % 4 > 0)) else "test"
         row["age"] = int(np.random.default_rng([seed, i, 7]).integers(45, 85))  # a covariate
         rows.append(row)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def make_cohort_pair(out_dir: Path | str, n_train: int = 20, n_test: int = 20, seed: int = 0,
+                     modality: str = "ct", acquisitions: tuple[Acquisition, Acquisition] | None = None) -> Path:
+    """Two phantom cohorts acquired differently (:data:`ACQUISITIONS`), one manifest.
+
+    Cohort 1 (``c1_`` ids, ``split: train``) and cohort 2 (``c2_`` ids, ``split: test``, other
+    lesions: seed + 1) are written under ``out_dir/cohort1`` and ``out_dir/cohort2``;
+    ``out_dir/manifest.csv`` lists both (paths relative to it). Returns that manifest.
+    """
+    out = Path(out_dir)
+    acqs = acquisitions or (ACQUISITIONS["cohort1"], ACQUISITIONS["cohort2"])
+    rows, fields = [], None
+    for k, (n, acq, split) in enumerate(((n_train, acqs[0], "train"), (n_test, acqs[1], "test")), start=1):
+        sub = f"cohort{k}"
+        m = make_cohort(out / sub, n_cases=n, seed=seed + k - 1, modality=modality, split=split,
+                        acquisition=acq, id_prefix=f"c{k}_")
+        with m.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = fields or reader.fieldnames
+            for row in reader:
+                for col in ("image", "mask", "t2", "flair"):
+                    if row.get(col):
+                        row[col] = f"{sub}/{row[col]}"
+                rows.append(row)
+    manifest = out / "manifest.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)
     return manifest

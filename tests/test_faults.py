@@ -470,3 +470,13 @@ def test_only_extract_removes_the_previous_evaluation(tmp_path):
         assert not (out / name).exists(), name
     assert (out / "features_handcrafted.csv").exists()
 
+
+
+def test_a_file_shipped_by_a_package_is_shown_without_the_machine_s_paths(tmp_path):
+    import sysconfig
+
+    from radiodeep.provenance import shareable_path
+
+    shipped = os.path.join(os.path.realpath(sysconfig.get_paths()["purelib"]), "some_pkg", "models", "w.pth")
+    assert shareable_path(shipped, tmp_path) == "<site-packages>/some_pkg/models/w.pth"
+    assert shareable_path(tmp_path / "study" / "a.nrrd", tmp_path) == "study/a.nrrd"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -77,3 +78,41 @@ def test_recipe_runs_on_phantoms(name, tmp_path):
         assert {("frozen-lite0-su10-rf", "finetune-lite0"), ("frozen-lite0-su10-rf", "finetune-lite0-rf")} <= pairs
         assert (delong["n"] == n_cases).all()
         assert len(list((tmp_path / "out" / "audit" / "finetune-lite0").glob("heldout_*.json"))) == n_cases
+
+
+def test_cnn_ensemble_recipe_on_a_phantom_pair(tmp_path):
+    """The ensemble recipe, tiny: two phantom cohorts scanned differently, train 1 -> test 2."""
+    from radiodeep.synth import make_cohort_pair
+
+    recipe = ROOT / "pipelines" / "screening_nodules_cnn_ensemble" / "study.yaml"
+    manifest = make_cohort_pair(tmp_path / "cohort", n_train=8, n_test=6, seed=11)
+    data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    data["cohort"].update(manifest=str(manifest), positive_label="short")
+    data["roi"].update(size=30, window_px=40)  # a 30 crop, networks see its centred 20
+    clf = data["experiments"][0]["classifier"]
+    assert clf["architectures"] == ["usf1", "usf2", "usf3"] and clf["augment"]["mode"] == "circle"
+    clf.update(input_size=20, epochs=1, batch_size=16, early_stopping=1, threads=1, device="cpu",
+               augment={"mode": "circle", "rotate_deg": 90, "flip": ["horizontal", "vertical"]})
+    data["output"] = str(tmp_path / "out")
+    data["execution"] = {"n_jobs": 1, "progress": False}
+    cfg = parse_config(data, base_dir=recipe.parent, source=str(recipe))
+    res = run(cfg)
+    assert not res.experiment_errors, res.experiment_errors
+    members = {f"usf-ensemble/{a}-s0" for a in ("usf1", "usf2", "usf3")}
+    assert set(res.metrics.experiment) == {"usf-ensemble", "usf-ensemble[median]", "usf-ensemble[vote]"} | members
+    preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    test_ids = set(pd.read_csv(manifest).query("split == 'test'").case_id)
+    assert all(set(g.case_id) == test_ids for _, g in preds.groupby("experiment"))  # cohort 2 only
+    ens = preds[preds.experiment == "usf-ensemble"].set_index("case_id").score
+    mem = preds[preds.experiment.isin(members)].pivot(index="case_id", columns="experiment", values="score")
+    np.testing.assert_allclose(ens.loc[mem.index], mem.mean(axis=1))  # average of the three
+    delong = pd.read_csv(tmp_path / "out" / "delong.csv")
+    pairs = {frozenset(p) for p in zip(delong.experiment_a, delong.experiment_b)}
+    assert all(frozenset({"usf-ensemble", m}) in pairs for m in members)
+    summary = json.loads((tmp_path / "out" / "ensembles" / "usf-ensemble" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["members_used"] == {m.split("/")[1]: 1 for m in members} and not summary["members_failed"]
+    assert len(summary["delong_ensemble_vs"]) == 5 and "seed spread" in summary["seed_spread"]
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "usf-ensemble/usf2-s0" in html and "seed spread" in html
+    audit = list((tmp_path / "out" / "audit").rglob("*.json"))
+    assert audit and all(not json.loads(p.read_text(encoding="utf-8"))["leak"] for p in audit)

@@ -65,3 +65,39 @@ def test_mr_has_three_sequences_and_split(tmp_path):
     assert set(df.split) == {"train", "test"}
     for split in ("train", "test"):
         assert df[df.split == split].label.nunique() == 2
+
+
+def test_acquisition_options_change_the_scan_not_the_defaults(tmp_path):
+    import hashlib
+
+    from radiodeep.synth import ACQUISITIONS, Acquisition, make_case, make_cohort_pair
+
+    a = make_case(2, seed=4)
+    b = make_case(2, seed=4, acquisition=Acquisition())
+    assert hashlib.sha1(a.image.tobytes()).digest() == hashlib.sha1(b.image.tobytes()).digest()
+    c1 = make_case(2, seed=4, acquisition=ACQUISITIONS["cohort1"])
+    c2 = make_case(2, seed=4, acquisition=ACQUISITIONS["cohort2"])
+    assert c1.label == c2.label == a.label
+    assert 0.6 <= c1.spacing[0] <= 0.8 and 0.9 <= c2.spacing[0] <= 1.1
+    assert c1.spacing[2] <= 1.5 and c2.spacing[2] >= 2.5
+
+    def noise(img):  # high-frequency energy inside the air: noise and kernel
+        air = img[:, :6, :6]
+        return np.abs(np.diff(air, axis=-1)).mean()
+
+    assert noise(c1.image) > 3 * noise(c2.image)
+    manifest = make_cohort_pair(tmp_path / "pair", n_train=4, n_test=4, seed=3)
+    df = pd.read_csv(manifest)
+    assert list(df.split) == ["train"] * 4 + ["test"] * 4
+    assert df.case_id.is_unique and df.case_id.str[:3].tolist() == ["c1_"] * 4 + ["c2_"] * 4
+    assert all((manifest.parent / p).is_file() for p in df.image)
+    assert sorted(df.query("split == 'test'").label) == ["long", "long", "short", "short"]
+
+
+def test_synth_pair_command(tmp_path, capsys):
+    from radiodeep.cli import main
+
+    assert main(["synth", str(tmp_path / "p"), "--pair", "--cases", "2", "--seed", "1"]) == 0
+    assert "split: train = cohort 1" in capsys.readouterr().out
+    df = pd.read_csv(tmp_path / "p" / "manifest.csv")
+    assert list(df.split) == ["train", "train", "test", "test"]

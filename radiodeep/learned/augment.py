@@ -6,7 +6,16 @@ Two modes, both seeded by the estimator's ``seed``:
   ``[-rotate_deg, rotate_deg]`` and each listed flip with probability 1/2;
 * ``grid``: the training images are expanded once, inside ``fit``, into every combination of
   the listed angles (``rotate_deg`` a number r -> ``[-r, 0, r]``; a list -> those angles) and
-  flips (none, each flip, both): an exhaustive, deterministic set.
+  flips (none, each flip, both): an exhaustive, deterministic set;
+* ``circle`` (the published screening-nodule protocol): every ``rotate_deg`` step around the
+  full circle (15 -> 0, 15, ..., 345: 24 angles) × {no flip, each listed flip alone}: 24 × 3 =
+  72 images per training image, expanded once inside ``fit`` (a vertical flip is a horizontal
+  flip turned by 180°, so the 72 hold 48 distinct images, as published);
+* ``circle_random``: every training batch, each image gets one of those same transforms, drawn.
+
+To keep the corners of a rotated crop out of the network's view, give the network a larger crop
+and let it use the centre (:class:`~radiodeep.learned.scratch.ScratchNet` cuts the centred
+``input_size`` square; :func:`~radiodeep.learned.rotations.rotation_crop_side`).
 
 Images are ``(N, C, H, W)`` in the ROI stage's [0, 1] range; rotation is bilinear about the
 centre, and what comes in from outside the crop is ``fill`` (``zeros``: black, ``border``:
@@ -26,6 +35,7 @@ __all__ = ["Augment", "rotate", "parse_augment"]
 
 FLIPS = ("horizontal", "vertical")
 FILLS = ("zeros", "border", "reflection")
+MODES = ("random", "grid", "circle", "circle_random")
 
 
 def parse_augment(spec: Mapping[str, Any] | None) -> "Augment | None":
@@ -48,13 +58,19 @@ class Augment:
 
     def __init__(self, mode: str = "random", rotate_deg: float | list[float] = 0,
                  flip: tuple[str, ...] = (), fill: str = "zeros"):
-        if mode not in ("random", "grid"):
-            raise ValueError(f"augment.mode must be 'random' or 'grid', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"augment.mode must be one of {list(MODES)}, got {mode!r}")
         bad = [f for f in flip if f not in FLIPS]
         if bad:
             raise ValueError(f"augment.flip: unknown flip(s) {bad}; choose from {list(FLIPS)}")
         if fill not in FILLS:
             raise ValueError(f"augment.fill must be one of {list(FILLS)}, got {fill!r}")
+        if mode.startswith("circle"):
+            step = float(rotate_deg) if not isinstance(rotate_deg, (list, tuple)) else 0.0
+            n = int(round(360.0 / step)) if step > 0 else 0
+            if n < 1 or not math.isclose(n * step, 360.0):
+                raise ValueError(f"augment.rotate_deg must be a step that divides 360 with mode: {mode}, "
+                                 f"got {rotate_deg!r}")
         if mode == "random" and isinstance(rotate_deg, (list, tuple)):
             raise ValueError("augment.rotate_deg is a list of angles only with mode: grid; "
                              "with mode: random give the largest angle (a number)")
@@ -65,6 +81,9 @@ class Augment:
         return not self.flip and (self.angles() == [0.0])
 
     def angles(self) -> list[float]:
+        if self.mode.startswith("circle"):
+            step = float(self.rotate_deg)
+            return [i * step for i in range(int(round(360.0 / step)))]
         r = self.rotate_deg
         if isinstance(r, (list, tuple)):
             return [float(a) for a in r] or [0.0]
@@ -72,11 +91,13 @@ class Augment:
         return [0.0] if r == 0 else [-r, 0.0, r]
 
     def flip_sets(self) -> list[tuple[str, ...]]:
+        if self.mode.startswith("circle"):  # no flip, then each flip alone
+            return [(), *((f,) for f in self.flip)]
         return [c for n in range(len(self.flip) + 1) for c in itertools.combinations(self.flip, n)]
 
     def grid_size(self) -> int:
         """Images made from each training image (grid mode; 1 for random mode)."""
-        return len(self.angles()) * len(self.flip_sets()) if self.mode == "grid" else 1
+        return len(self.angles()) * len(self.flip_sets()) if self.mode in ("grid", "circle") else 1
 
     def record(self) -> dict[str, Any]:
         return {"mode": self.mode, "rotate_deg": self.rotate_deg, "flip": list(self.flip), "fill": self.fill,
@@ -85,7 +106,7 @@ class Augment:
     # ------------------------------------------------------------------ the two modes
     def expand(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid mode: every (angle, flips) combination of every image, in a fixed order."""
-        if self.mode != "grid":
+        if self.mode not in ("grid", "circle"):
             return x, y
         parts = []
         for flips in self.flip_sets():
@@ -96,6 +117,8 @@ class Augment:
 
     def random_batch(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Random mode: a random rotation and random flips of every image of a batch."""
+        if self.mode == "circle_random":
+            return self._circle_batch(x, gen)
         if self.mode != "random":
             return x
         n = x.shape[0]
@@ -106,6 +129,19 @@ class Augment:
         if r:
             x = rotate(x, (torch.rand(n, generator=gen) * 2 - 1) * r, self.fill)
         return x
+
+
+    def _circle_batch(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        angles = torch.tensor(self.angles())
+        sets = self.flip_sets()
+        a = angles[torch.randint(len(angles), (n,), generator=gen)]
+        f = torch.randint(len(sets), (n,), generator=gen)
+        out = x
+        for k, flips in enumerate(sets):
+            if flips:
+                out = torch.where((f == k).view(n, 1, 1, 1).to(x.device), _flip(x, flips), out)
+        return rotate(out, a, self.fill)
 
 
 def _flip(x: torch.Tensor, flips: tuple[str, ...]) -> torch.Tensor:

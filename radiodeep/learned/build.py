@@ -54,6 +54,10 @@ def _cnn(exp, config, X: pd.DataFrame | None):
 def build_learned(exp, config, X: pd.DataFrame | None = None) -> Pipeline:
     """The ``Pipeline`` of a learned experiment (``cnn_finetune``: the CNN alone;
     ``cnn_finetune_features``: fine-tuned layer -> the experiment's selector -> ``then``)."""
+    if exp.classifier.name in ("cnn_scratch", "cnn_ensemble"):  # radiodeep/learned/scratch.py
+        from .scratch import build_scratch
+
+        return build_scratch(exp, config, X)
     cnn = _cnn(exp, config, X)
     if exp.classifier.name == "cnn_finetune":
         return Pipeline([("clf", cnn)])
@@ -88,24 +92,33 @@ def cost_estimate(exp, config, y: pd.Series, split: pd.Series | None = None) -> 
     c = exp.classifier
     sizes = fold_sizes(config.evaluation, y, split)
     grid = 1
-    if c.augment is not None and c.augment.mode == "grid":
+    if c.augment is not None and c.augment.mode in ("grid", "circle"):
         from .augment import parse_augment
 
         aug = parse_augment(c.augment.model_dump(mode="json"))
         grid = aug.grid_size() if aug is not None else 1
-    images = [s * grid for s in sizes]
-    if c.train_split:
-        images = [int(math.floor(i * (1 - c.train_split))) for i in images]
+    if c.train_split:  # the inner split takes whole cases, before augmentation (train_test_split's count)
+        sizes_train = [s - int(math.ceil(c.train_split * s)) for s in sizes]
+    else:
+        sizes_train = sizes
+    images = [s * grid for s in sizes_train]
     smallest = min(images)
     if c.batch_size > smallest:
         raise ValueError(f"batch_size {c.batch_size} is larger than the {smallest} training images of the "
                          f"smallest fold ({min(sizes)} cases, {len(y)} in the cohort, scheme "
                          f"{config.evaluation.scheme}); set batch_size to at most {smallest}")
-    total = int(sum(images) * c.epochs)
+    members = 1
+    if c.name == "cnn_ensemble":  # architectures x seeds networks per fold
+        members = len(c.architectures) * (c.seeds if isinstance(c.seeds, int) else len(c.seeds))
+    net = getattr(c, "backbone", None) or getattr(c, "architecture", None) or "+".join(
+        str(a.get("name") if isinstance(a, dict) else a) for a in getattr(c, "architectures", []))
+    total = int(sum(images) * c.epochs * members)
     return {"folds": len(sizes), "epochs": c.epochs, "training_images_per_fold": max(images),
             "image_passes": total,
+            "members": members,
             "text": f"experiment {exp.name}: {len(sizes)} folds x {c.epochs} epochs x {max(images)} training images"
-                    f" = {total:,} forward+backward passes of {c.backbone} at {config.roi.size}x{config.roi.size}"}
+                    + (f" x {members} networks" if members > 1 else "")
+                    + f" = {total:,} forward+backward passes of {net} at {config.roi.size}x{config.roi.size}"}
 
 
 def check_learned(config) -> list[str]:
@@ -117,6 +130,11 @@ def check_learned(config) -> list[str]:
             continue
         c = exp.classifier
         where = f"experiments[{i}] ({exp.name}).classifier"
+        if c.name in ("cnn_scratch", "cnn_ensemble"):  # radiodeep/learned/scratch.py
+            from .scratch import scratch_problems
+
+            problems += scratch_problems(exp, config, where)
+            continue
         from ..features.backbones import get_spec, resolve_layer, resolve_weights
 
         try:

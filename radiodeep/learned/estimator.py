@@ -47,7 +47,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback, LRScheduler
-from skorch.dataset import ValidSplit, unpack_data
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import Dataset, unpack_data
+from skorch.helper import predefined_split
 from torch import nn
 
 from .audit import fold_audit, tensor_hashes, write_audit
@@ -116,6 +118,15 @@ class _Net(NeuralNetClassifier):
         return {"loss": loss, "y_pred": y_pred}
 
 
+def _inner_split(y_enc: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of the training fold's cases into (train, validation) indices."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y_enc))
+    tr, va = train_test_split(idx, test_size=frac, stratify=y_enc, random_state=seed)
+    return np.sort(tr), np.sort(va)
+
+
 def _as_step(lr_schedule) -> tuple[int, float] | None:
     if lr_schedule is None:
         return None
@@ -137,7 +148,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     published 4 and 0.1 by default; None: constant); ``optimizer`` (``sgd`` with ``momentum``, or
     ``adam``); ``weight_decay``; ``batch_size``; ``augment`` (mapping, see :mod:`.augment`);
     ``seed``; ``device`` (``auto``/``cpu``/``cuda``); ``train_split`` (None, or the fraction of
-    an inner validation split); ``threads`` (torch CPU threads during the fit); ``audit_dir``,
+    an inner validation split of the training fold's cases, stratified, seeded, made before any
+    augmentation); ``early_stopping`` (patience in epochs: stop when the inner validation loss
+    has not improved for that many epochs and keep the best epoch's weights; needs
+    ``train_split``); ``threads`` (torch CPU threads during the fit); ``audit_dir``,
     ``audit_name``, ``audit_ids`` (the per-fold audit); ``progress`` (a bar per fit).
     """
 
@@ -145,7 +159,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                  lr_schedule=(4, 0.1), optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 0.0,
                  batch_size: int = 16, augment=None, seed: int = 0, device: str = "auto", train_split=None,
                  threads: int | None = None, audit_dir=None, audit_name: str | None = None, audit_ids=None,
-                 progress: bool = False):
+                 progress: bool = False, early_stopping: int | None = None):
         self.module = module
         self.module_params = module_params
         self.input_shape = input_shape
@@ -165,6 +179,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.audit_name = audit_name
         self.audit_ids = audit_ids
         self.progress = progress
+        self.early_stopping = early_stopping
 
     # ------------------------------------------------------------------ inputs
     def _images(self, X) -> tuple[np.ndarray, list[str | None] | None]:
@@ -211,10 +226,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.train_split:
             frac = float(self.train_split)
             counts = np.bincount(y_enc)
-            if not 0 < frac < 1 or counts.min() * frac < 1 or counts.min() * (1 - frac) < 1:
-                raise ValueError(f"train_split={frac:g} needs at least one case of each class on both sides; "
+            n_valid = int(np.ceil(frac * len(x)))  # train_test_split's count
+            k = len(counts)
+            if not 0 < frac < 1 or counts.min() < 2 or n_valid < k or len(x) - n_valid < k:
+                raise ValueError(f"train_split={frac:g} needs at least one case of each class on both sides "
+                                 f"({n_valid} validation and {len(x) - n_valid} training cases of {len(x)}); "
                                  f"the training cases hold {dict(zip(self.classes_.tolist(), counts.tolist()))}")
-            n_images = int(np.floor(n_images * (1 - frac)))
+            n_images = (len(x) - n_valid) * (aug.grid_size() if aug is not None else 1)
         if self.batch_size > n_images:
             raise ValueError(f"batch_size {self.batch_size} is larger than the {n_images} training images of this "
                              f"fold ({len(x)} cases); set batch_size to at most {n_images}")
@@ -232,6 +250,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             shuffle_gen = torch.Generator().manual_seed(int(self.seed))
             aug_gen = torch.Generator().manual_seed(int(self.seed) + 1)
             xt, yt = torch.from_numpy(x), torch.from_numpy(y_enc.astype(np.int64))
+            inner = None
+            if self.train_split:  # split the cases first: no augmented copy on both sides
+                inner = _inner_split(y_enc, float(self.train_split), int(self.seed))
+                xv, yv = xt[inner[1]], yt[inner[1]]
+                xt, yt = xt[inner[0]], yt[inner[0]]
+                self.inner_split_ = {"train": [int(i) for i in inner[0]], "valid": [int(i) for i in inner[1]]}
             if aug is not None:
                 xt, yt = aug.expand(xt, yt)
             callbacks = [("progress", _EpochBar(bool(self.progress), f"{self.audit_name or 'cnn'} fold"))]
@@ -245,8 +269,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             else:
                 raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
             split = None
-            if self.train_split:
-                split = ValidSplit(float(self.train_split), stratified=True, random_state=int(self.seed))
+            if inner is not None:
+                split = predefined_split(Dataset(xv, yv))
+                if self.early_stopping:
+                    callbacks.append(("early_stopping", EarlyStopping(
+                        monitor="valid_loss", patience=int(self.early_stopping), load_best=True)))
+            elif self.early_stopping:
+                raise ValueError("early_stopping needs an inner validation split: set train_split (e.g. 0.3)")
             net = _Net(
                 module=self.module,
                 **{f"module__{k}": v for k, v in dict(self.module_params or {}).items()},
@@ -259,7 +288,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 callbacks=callbacks, callbacks__print_log=None,  # verbose=0: no table to format per epoch
                 device=str(device), verbose=0, classes=list(range(len(self.classes_))),
             )
-            net.augment_ = aug if aug is not None and aug.mode == "random" else None
+            net.augment_ = aug if aug is not None and aug.mode in ("random", "circle_random") else None
             net.aug_gen_ = aug_gen
             old_threads = torch.get_num_threads()
             try:

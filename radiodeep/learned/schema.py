@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 __all__ = ["AugmentConfig", "LrScheduleConfig", "ImageConfig", "CNNFinetuneConfig", "CNNFinetuneFeaturesConfig",
+           "CNNScratchConfig", "CNNEnsembleConfig",
            "LEARNED_CONFIGS", "LEARNED_CLASSIFIERS", "LearnedClassifierConfig", "classifier_field",
            "check_experiment", "check_config", "is_learned"]
 
@@ -46,9 +47,10 @@ class ImageConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    mode: Literal["random", "grid"] = "random"
+    mode: Literal["random", "grid", "circle", "circle_random"] = "random"
     rotate_deg: float | list[float] = Field(
-        0.0, description="random: largest angle (degrees); grid: a number r -> [-r, 0, r], or a list of angles")
+        0.0, description="random: largest angle (degrees); grid: a number r -> [-r, 0, r], or a list of angles; "
+                         "circle / circle_random: the step around the full circle (15 -> 24 angles)")
     flip: list[Literal["horizontal", "vertical"]] = Field(default_factory=list)
     fill: Literal["zeros", "border", "reflection"] = "zeros"
 
@@ -105,7 +107,69 @@ class CNNFinetuneFeaturesConfig(CNNFinetuneConfig):
         return v if isinstance(v, ClassifierConfig) else ClassifierConfig.model_validate(v)
 
 
-LEARNED_CONFIGS: tuple[type[BaseModel], ...] = (CNNFinetuneConfig, CNNFinetuneFeaturesConfig)
+class _ScratchTraining(_Strict):
+    """Training settings of CNNs trained from scratch (radiodeep/learned/scratch.py)."""
+
+    epochs: int = Field(20, ge=1, le=10000)
+    lr: float = Field(1e-3, gt=0, le=10)
+    lr_schedule: LrScheduleConfig | None = Field(None, description="None: constant learning rate")
+    optimizer: Literal["sgd", "adam"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1, le=4096)
+    augment: AugmentConfig | None = None
+    input_size: int | None = Field(None, ge=8, description="network input side (None: roi.size); a larger "
+                                                          "roi.size is cut to its centre (rotation margin)")
+    channels: list[int] | None = Field(None, description="which channels of the ROI tensor (0-2) the network "
+                                                         "takes (None: all three)")
+    train_split: float | None = Field(None, gt=0, lt=1, description="inner validation fraction of each training "
+                                                                    "fold (the published 0.3); None: off")
+    early_stopping: int | None = Field(None, ge=1, description="patience (epochs) on the inner validation loss")
+    seed: int | None = Field(None, description="None: evaluation.seed")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads while training")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v) or any(c not in (0, 1, 2) for c in v)):
+            raise ValueError(f"channels: distinct indices among 0, 1, 2, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _early(self):
+        if self.early_stopping and not self.train_split:
+            raise ValueError("early_stopping needs an inner validation split: set train_split (e.g. 0.3)")
+        return self
+
+
+class CNNScratchConfig(_ScratchTraining):
+    """One small CNN trained from scratch in every fold (``usf1``, ``usf2``, ``usf3`` or ``package.module:Class``)."""
+
+    name: Literal["cnn_scratch"]
+    architecture: str = "usf1"
+
+
+class CNNEnsembleConfig(_ScratchTraining):
+    """``architectures`` x ``seeds`` CNNs trained from scratch in the same fold, combined."""
+
+    name: Literal["cnn_ensemble"]
+    architectures: list[str | dict[str, Any]] = Field(default_factory=lambda: ["usf1", "usf2", "usf3"], min_length=1)
+    seeds: int | list[int] = Field(1, description="a count N (seeds seed..seed+N-1) or a list of seeds")
+    combine: Literal["average", "median", "vote", "all"] | list[Literal["average", "median", "vote"]] = Field(
+        "average", description="the first scores the ensemble; a list or 'all' reports each")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"seeds must be at least 1, got {v}")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+
+LEARNED_CONFIGS: tuple[type[BaseModel], ...] = (CNNFinetuneConfig, CNNFinetuneFeaturesConfig, CNNScratchConfig,
+                                                CNNEnsembleConfig)
 LEARNED_CLASSIFIERS: tuple[str, ...] = tuple(c.model_fields["name"].annotation.__args__[0] for c in LEARNED_CONFIGS)
 
 LOC_TAGS = frozenset({"learned", "frozen", *LEARNED_CLASSIFIERS})  # branch names pydantic puts in error paths
@@ -137,8 +201,8 @@ def check_experiment(e) -> None:
     if learned and list(e.features) != ["image"]:
         raise ValueError(f"classifier {e.classifier.name!r} learns from the ROI image: set features: [image] "
                          f"(got {list(e.features)})")
-    if learned and e.select.method != "none" and e.classifier.name == "cnn_finetune":
-        raise ValueError("classifier 'cnn_finetune' classifies images; 'select' applies to "
+    if learned and e.select.method != "none" and e.classifier.name != "cnn_finetune_features":
+        raise ValueError(f"classifier {e.classifier.name!r} classifies images; 'select' applies to "
                          "cnn_finetune_features (the fine-tuned layer's activations)")
     if e.select.method != "none" and e.select.k_per_route is not None and learned:
         raise ValueError("select.k_per_route has one route here (the fine-tuned layer): use 'k'")
