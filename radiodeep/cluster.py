@@ -184,7 +184,7 @@ atexit.register(close_clients)
 
 
 # --------------------------------------------------------------------------- clusters
-def make_cluster(spec, *, n_local: int = 1):
+def make_cluster(spec):
     """A (not yet scaled) cluster for ``spec`` (an ``execution.cluster`` section).
 
     ``kind: slurm|pbs`` needs ``dask-jobqueue``; jobs are only submitted by :func:`start_cluster`
@@ -193,7 +193,7 @@ def make_cluster(spec, *, n_local: int = 1):
     kind = spec.kind
     with dask.config.set(SCHEDULER_CONFIG):
         if kind == "local":
-            return LocalCluster(n_workers=spec.jobs * spec.processes or n_local,
+            return LocalCluster(n_workers=spec.jobs * spec.processes,
                                 threads_per_worker=max(1, spec.cores // max(1, spec.processes)),
                                 processes=True, dashboard_address=None)
         try:
