@@ -192,6 +192,24 @@ def _cmd_demo(args) -> int:
     return ExitCode.EXPERIMENT_FAILED if result.experiment_errors else ExitCode.OK
 
 
+def _cmd_predict(args) -> int:
+    from .pipeline import RunError
+    from .predict import predict
+
+    out = Path(args.out).resolve() if args.out else Path(args.manifest).resolve().parent / "predictions"
+
+    def work():
+        try:
+            return predict(args.model, args.manifest, out, experiment=args.experiment, progress=args.progress)
+        except ValueError as err:  # a refused model file, a manifest or settings that cannot be used
+            raise RunError(str(err)) from None
+
+    code, result = _locked_run(out, args.verbose + 1, work)
+    if result is None:
+        return code
+    print(result.summary())
+    return ExitCode.CASES_FAILED if len(result.failures) else ExitCode.OK
+
 def _cmd_describe_model(args) -> int:
     from .learned.architectures import ArchitectureError
     from .learned.summary import describe_model
@@ -251,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two cohorts of --cases each, scanned differently (noise, kernel, spacing): "
                         "split train = cohort 1, test = cohort 2")
     s.set_defaults(func=_cmd_synth)
+    pr = sub.add_parser("predict", parents=[common],
+                        help="score new cases (no labels needed) with a study's saved final model(s)",
+                        epilog=ExitCode.describe())
+    pr.add_argument("model", type=Path, help="a study's output folder (its models/) or one .joblib model file")
+    pr.add_argument("manifest", type=Path, help="CSV of the new cases: case_id, image, mask (no label needed)")
+    pr.add_argument("--out", type=Path, default=None,
+                    help="folder for predictions_new.csv/.html (default: 'predictions' beside the manifest)")
+    pr.add_argument("--experiment", default=None, help="only this experiment's model")
+    pr.set_defaults(func=_cmd_predict)
     add_commands(sub, common)  # weights, extract-deep
 
     m = sub.add_parser("describe-model", parents=[common],

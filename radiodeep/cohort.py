@@ -65,11 +65,17 @@ class Cohort:
 
 def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: list[str] | None = None,
                   positive_label: str | int | None = None, roi_name: str | int | None = None,
-                  mask_cache: Path | None = None) -> tuple[Cohort, list[str]]:
+                  mask_cache: Path | None = None, labels: bool = True,
+                  columns: dict[str, str] | None = None) -> tuple[Cohort, list[str]]:
     """Read a manifest; return the cohort and a list of manifest-level problems.
 
     Problems that make the manifest unusable (unreadable file, missing columns)
     raise ``ValueError``; per-row problems (duplicate ids, label set) are returned.
+    ``labels=False`` reads a manifest for label-free work (extraction, scoring new cases):
+    the ``label`` column may be absent, empty or hold a single value (kept as read).
+    ``columns`` (``cohort.columns``) maps radiodeep's column names to the manifest's
+    (``{label: Outcome}``); a PyRadiomics batch file (``ID,Image,Mask[,Label]``) is recognised
+    (:func:`manifest_columns`).
     """
     path = Path(path)
     try:
@@ -77,7 +83,13 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
     except Exception as err:  # pandas raises many kinds
         raise ValueError(f"cannot read manifest {path}: {err}") from None
     df.columns = [c.strip() for c in df.columns]
+    df = df.rename(columns=manifest_columns(list(df.columns), columns, path, labels))
     need = list(REQUIRED_COLUMNS) + list(sequences or [])
+    if not labels and "label" not in df.columns:
+        need.remove("label")
+        known_label = False
+    else:
+        known_label = True
     missing = [c for c in need if c not in df.columns]
     if missing:
         hint = ""
@@ -85,13 +97,16 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
             sep = next(s for s in ";\t|" if s in df.columns[0])
             hint = (f" (the header holds {sep!r} separators: the manifest must be comma-separated; "
                     "re-save it as CSV with commas, e.g. from a spreadsheet's 'CSV (comma delimited)')")
+        if "label" in missing and "mask_label" in df.columns and "Label" not in (columns or {}).values():
+            hint += (" (a PyRadiomics batch file: its 'Label' column is the ROI's label value in the MASK, "
+                     "not the outcome; add an outcome column and name it in cohort.columns: {label: COLUMN})")
         raise ValueError(f"manifest {path}: missing column(s) {missing}; "
                          f"found {list(df.columns)}; required: {list(REQUIRED_COLUMNS)}{hint}")
     if df.empty:
         raise ValueError(f"manifest {path} has a header but no rows: add one row per case")
     problems: list[str] = []
     base = path.resolve().parent
-    known = set(need) | {"mask_label", "split", "roi_name"}
+    known = set(need) | {"mask_label", "split", "roi_name", "label"}
     cases = []
     for i, row in df.iterrows():
         cid = row["case_id"].strip()
@@ -108,7 +123,7 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
             case_id=cid,
             image=_abs(base, row["image"]),
             mask=_abs(base, row["mask"]),
-            label=row["label"].strip(),
+            label=row["label"].strip() if known_label else "",
             mask_label=ml,
             split=(row["split"].strip() or None) if "split" in df.columns else None,
             sequences=tuple(_abs(base, row[c]) for c in (sequences or [])),
@@ -120,6 +135,8 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
     for dup in sorted({x for x in ids if ids.count(x) > 1}):
         rows = [i + 2 for i, x in enumerate(df["case_id"].str.strip()) if x == dup]
         problems.append(f"case {dup}: duplicate case_id (manifest rows {rows})")
+    if not labels:
+        return Cohort(cases, None if positive_label is None else str(positive_label)), problems
     for c in cases:
         if not c.label:
             problems.append(f"case {c.case_id}: empty label")
@@ -127,12 +144,56 @@ def read_manifest(path: Path | str, *, mask_label: int | None = 1, sequences: li
     pos = None if positive_label is None else str(positive_label)
     if len(values) != 2:
         problems.append(f"a binary task needs exactly two label values; found {len(values)}: {values}"
-                        + (f" ({_label_counts(cases, values)})" if len(values) > 2 else ""))
+                        + (f" ({_label_counts(cases, values)})" if len(values) > 2 else "")
+                        + ("; feature extraction alone needs no labels (radiodeep run CONFIG --only extract)"
+                           if len(values) < 2 else ""))
     elif pos is None:
         problems.append(f"cohort.positive_label is not set; name one of the labels {values}")
     elif pos not in values:
         problems.append(f"cohort.positive_label {pos!r} is not among the labels {values}")
     return Cohort(cases, pos), problems
+
+
+#: PyRadiomics' batch-file header -> radiodeep's columns. PyRadiomics' ``Label`` is the ROI's
+#: value in the MASK (its ``label`` setting), not the outcome.
+PYRADIOMICS_BATCH = {"ID": "case_id", "Image": "image", "Mask": "mask", "Label": "mask_label"}
+COLUMN_ROLES = ("case_id", "image", "mask", "label", "mask_label", "split", "roi_name")
+
+
+def is_pyradiomics_batch(header: list[str]) -> bool:
+    """A PyRadiomics batch file: ``Image`` and ``Mask`` columns, radiodeep's ``image``/``mask`` absent."""
+    return {"Image", "Mask"} <= set(header) and not {"image", "mask"} & set(header)
+
+
+def manifest_columns(header: list[str], columns: dict[str, str] | None, path: Path | str = "manifest",
+                     labels: bool = True) -> dict:
+    """The renaming (manifest column -> radiodeep column) a manifest's header needs.
+
+    A PyRadiomics batch header is recognised: ``ID`` -> ``case_id``, ``Image`` -> ``image``,
+    ``Mask`` -> ``mask`` and ``Label`` -> ``mask_label``: **PyRadiomics' Label is the label value
+    of the ROI in the mask, not the outcome**; the outcome must be another column, named with
+    ``cohort.columns: {label: COLUMN}``. ``columns`` (role -> manifest column) applies over it.
+    Raises ``ValueError`` for a mapping naming a column the manifest lacks, an unknown role, or
+    PyRadiomics' ``Label`` as the outcome."""
+    rename: dict[str, str] = {}
+    batch = is_pyradiomics_batch(header)
+    if batch:
+        rename = {src: dst for src, dst in PYRADIOMICS_BATCH.items() if src in header}
+    for role, src in (columns or {}).items():
+        if role not in COLUMN_ROLES:
+            raise ValueError(f"cohort.columns: unknown column role {role!r}; roles: {list(COLUMN_ROLES)}")
+        if src not in header:
+            if role == "label" and not labels:  # label-free work: new cases have no outcome yet
+                continue
+            raise ValueError(f"cohort.columns: {role} is {src!r}, which is not a column of {path} "
+                             f"(columns: {header})")
+        if batch and role == "label" and src == "Label":
+            raise ValueError(f"cohort.columns: label (the outcome) cannot be PyRadiomics' 'Label' column of "
+                             f"{path}: in a PyRadiomics batch file 'Label' is the ROI's label value in the "
+                             f"MASK, not the outcome; name the outcome column")
+        rename = {k: v for k, v in rename.items() if v != role}
+        rename[src] = role
+    return rename
 
 
 def _label_counts(cases: list[Case], values: list[str], show: int = 5) -> str:

@@ -88,6 +88,13 @@ class CohortConfig(_Strict):
         max_length=3,
         description="three manifest columns holding MR sequences for the 'sequences' channel strategy",
     )
+    columns: dict[str, str] | None = Field(
+        None, description="radiodeep column -> the manifest's column, e.g. {label: Outcome, case_id: ID}; "
+                          "a PyRadiomics batch file (ID,Image,Mask[,Label]) is recognised without it "
+                          "(its Label is the MASK label, not the outcome)")
+    covariates: list[str] | dict[str, Literal["numeric", "categorical"]] | None = Field(
+        None, description="manifest columns that become the 'clinical' route's features (a list: numeric "
+                          "when every value is a number, else categorical; or a mapping name: kind)")
 
 
 # --------------------------------------------------------------------------- roi
@@ -221,15 +228,25 @@ class DeepConfig(_Strict):
     )
 
 
+class ClinicalConfig(_Strict):
+    """The ``clinical`` route (the covariates are ``cohort.covariates``; set up by naming them)."""
+
+    missing: Literal["refuse"] = Field(
+        "refuse", description="a case with a covariate missing fails in the clinical route (listed), "
+                              "never imputed")
+
+
 class FeaturesConfig(_Strict):
     handcrafted: HandcraftedConfig | None = None
     deep: DeepConfig | None = None
     image: _learned.ImageConfig | None = None  # learned route (radiodeep/learned): the ROI tensor itself
+    clinical: ClinicalConfig | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self):
-        if self.handcrafted is None and self.deep is None and self.image is None:
-            raise ValueError("name at least one feature route: 'handcrafted', 'deep' and/or 'image'")
+        if self.handcrafted is None and self.deep is None and self.image is None and self.clinical is None:
+            raise ValueError("name at least one feature route: 'handcrafted', 'deep' and/or 'image' "
+                             "(or clinical covariates: cohort.covariates)")
         return self
 
 
@@ -276,7 +293,9 @@ class ClassifierConfig(_Strict):
     @classmethod
     def _known(cls, v):
         if v not in CLASSIFIERS:
-            raise ValueError(f"unknown classifier {v!r}{_suggest(v, CLASSIFIERS)}; choose one of {list(CLASSIFIERS)}")
+            names = [*CLASSIFIERS, *_learned.LEARNED_CLASSIFIERS]
+            raise ValueError(f"unknown classifier {v!r}{_suggest(v, names)}; choose one of {list(CLASSIFIERS)} "
+                             f"(on feature tables) or {list(_learned.LEARNED_CLASSIFIERS)} (with features: [image])")
         return v
 
     @property
@@ -286,10 +305,13 @@ class ClassifierConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
-    features: list[Literal["handcrafted", "deep", "image"]] = Field(min_length=1)
+    features: list[Literal["handcrafted", "deep", "image", "clinical"]] = Field(min_length=1)
     select: SelectConfig = Field(default_factory=lambda: SelectConfig(method="none"))
     # learned classifiers (cnn_finetune, ...) are defined in radiodeep/learned/schema.py
     classifier: _learned.classifier_field(ClassifierConfig)  # type: ignore[valid-type]
+    final: bool = Field(False, description="fit this experiment on every eligible case after the "
+                                           "evaluation and save it for 'radiodeep predict' (when no "
+                                           "experiment says final: true, every experiment is saved)")
 
     @model_validator(mode="after")
     def _learned_route(self):
@@ -376,8 +398,20 @@ class Config(_Strict):
     # not part of the schema: where the file was read from
     _base_dir: Path = Path(".")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _clinical_route(cls, data):
+        """Covariates named in ``cohort.covariates`` set up the ``clinical`` route."""
+        if isinstance(data, dict) and isinstance(data.get("cohort"), dict) and data["cohort"].get("covariates"):
+            feats = data.get("features")
+            if isinstance(feats, dict) and feats.get("clinical") is None:
+                data = {**data, "features": {**feats, "clinical": {}}}
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.features.clinical is not None and not self.cohort.covariates:
+            raise ValueError("the clinical route needs cohort.covariates (the manifest columns to use)")
         names = [e.name for e in self.experiments]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -30,7 +30,8 @@ __all__ = ["check_writable", "OutputLock", "OutputLocked", "remove_stale_evaluat
 LOCK_NAME = ".radiodeep.lock"
 # what an evaluation writes from the features: recomputable with `radiodeep run --only evaluate`
 EVALUATION_OUTPUTS = ("metrics.csv", "metrics.json", "predictions.csv", "selected_features.csv",
-                      "delong.csv", "report.html", "roc_curves.png")
+                      "delong.csv", "report.html", "roc_curves.png", "roc_curves.svg", "calibration.svg",
+                      "calibration.png")
 
 try:  # POSIX advisory locks; released by the kernel when the holder dies, however it dies
     import fcntl

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RunError", "RunResult", "run", "exit_code", "extract_routes", "evaluate_experiments"]
 
-ROUTES = ("handcrafted", "deep", "image")  # image: the learned route (radiodeep/learned)
+ROUTES = ("handcrafted", "deep", "image", "clinical")  # image: the learned route (radiodeep/learned)
 
 
 class RunError(RuntimeError):
@@ -74,9 +74,10 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- stages
-def prepare(config: Config, progress: bool, extracting: bool = True):
+def prepare(config: Config, progress: bool, extracting: bool = True, labels: bool = True):
     """Check the output folder, the routes' settings (when features are to be extracted)
-    and the cohort; apply the on_invalid policy. Nothing is computed before all pass."""
+    and the cohort; apply the on_invalid policy. Nothing is computed before all pass.
+    ``labels=False`` (``--only extract``): the manifest needs no label column (or one value)."""
     out = config.output_dir
     reason = check_output_writable(out)
     if reason:
@@ -87,7 +88,7 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
     if problems:
         raise RunError("the feature settings cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
     # evaluation alone opens no image: the manifest's labels are all it needs
-    report = load_cohort(config, check_images=extracting, progress=progress)
+    report = load_cohort(config, check_images=extracting, progress=progress, labels=labels)
     if report.problems:
         raise RunError("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in report.problems))
     cohort = report.cohort
@@ -102,9 +103,9 @@ def prepare(config: Config, progress: bool, extracting: bool = True):
                            f"cohort.on_invalid: skip to exclude them:\n{listing}")
         log.warning("excluding %d invalid case(s):\n%s", len(report.failures), listing)
         cohort = cohort.without(report.failures)
-    labels = set(cohort.labels)
-    if len(labels) < 2:
-        raise RunError(f"after exclusions only label(s) {sorted(labels)} remain; a binary task needs both")
+    present = set(cohort.labels)
+    if labels and len(present) < 2:
+        raise RunError(f"after exclusions only label(s) {sorted(present)} remain; a binary task needs both")
     return cohort
 
 
@@ -286,7 +287,11 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
             continue
-        rows.append({"experiment": exp.name, **_describe(exp), **res.metrics})
+        from .paper import brier_score
+
+        brier = (brier_score(res.predictions["y_true"], res.predictions["score"])
+                 if hasattr(pipe, "predict_proba") else float("nan"))  # scores are probabilities
+        rows.append({"experiment": exp.name, **_describe(exp), **res.metrics, "brier": brier})
         preds.append(res.predictions)
         if getattr(exp.classifier, "name", None) == "cnn_ensemble":  # each member and combination beside it
             from .learned.scratch import ensemble_rows
@@ -320,7 +325,7 @@ def _metric_columns() -> list[str]:
     from .stats import binary_metrics
 
     demo = binary_metrics(np.array([0, 1, 0, 1]), np.array([0.2, 0.8, 0.6, 0.4]), np.array([0, 1, 1, 0]))
-    return ["experiment", "routes", "selector", "k", "classifier", *demo]
+    return ["experiment", "routes", "selector", "k", "classifier", *demo, "brier"]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -414,7 +419,7 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
     out = config.output_dir
-    cohort = prepare(config, progress, extracting=only != "evaluate")
+    cohort = prepare(config, progress, extracting=only != "evaluate", labels=only != "extract")
     if only != "evaluate":
         from .outdir import remove_stale_evaluation
 
@@ -468,6 +473,9 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
         routes = {name: RouteResult(name, _read_table(out / rec.features_csv), provenance=rec.provenance)
                   for name, rec in record.routes.items()}
     from .features.weights import random_weight_routes
+    from .paper import cohort_summary
+
+    record.cohort = cohort_summary(cohort, config)  # the report's cohort table
 
     result.random_weights = random_weight_routes({name: res.provenance for name, res in routes.items()})
     result.failures = record.failures_frame()
@@ -502,6 +510,13 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
     write_table(predictions, out / "predictions.csv")
     write_table(selection, out / "selected_features.csv")
     write_table(delong, out / "delong.csv")
+    from .final_model import fit_final_models
+
+    record.models = fit_final_models(
+        config, tables, y, {n: {"settings_key": r.settings_key,
+                                **({"encoding": r.provenance["encoding"]} if "encoding" in r.provenance else {})}
+                            for n, r in record.routes.items()}, out, skip=set(errors),
+        negative_label=next((v for v in sorted(set(cohort.labels)) if v != cohort.positive_label), None))
 
     record.metrics = metrics.to_dict(orient="records")
     record.delong = delong.to_dict(orient="records")

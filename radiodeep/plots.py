@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -153,8 +154,9 @@ def curve_style(i: int, n: int) -> tuple[str, str]:
     return colour, style
 
 
-def roc_figure(curves: Sequence[RocCurve], *, note: str | None = None) -> bytes:
-    """Every experiment's pooled ROC curve on one square plot, with the chance diagonal."""
+def roc_figure(curves: Sequence[RocCurve], *, note: str | None = None, svg_to=None) -> bytes:
+    """Every experiment's pooled ROC curve on one square plot, with the chance diagonal
+    (``svg_to``: also written there as SVG, for a paper)."""
     import matplotlib
 
     with matplotlib.rc_context(_RC):
@@ -187,7 +189,12 @@ def roc_figure(curves: Sequence[RocCurve], *, note: str | None = None) -> bytes:
             ax.legend(handles, labels, loc="lower right", handlelength=2.4)
         if note:
             ax.set_title(note, loc="left", color="#52606D", fontsize=9)
-        return png_bytes(fig)
+        png = png_bytes(fig)
+        if svg_to is not None:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="svg", facecolor="white", metadata={"Date": None, "Creator": None})
+            Path(svg_to).write_bytes(buf.getvalue())
+        return png
 
 
 def selection_figure(features: Sequence[str], routes: Sequence[str], frequency: Sequence[float],

@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .atomic import atomic_path, write_atomic
 
 __all__ = ["RECORD_NAME", "SCHEMA", "RouteRecord", "RunRecord", "file_sha256", "write_table", "write_report"]
 
@@ -68,6 +68,8 @@ class RunRecord:
     experiment_errors: dict[str, str] = field(default_factory=dict)
     delong: list[dict] = field(default_factory=list)  # pairwise tests (= delong.csv)
     outputs: dict[str, str] = field(default_factory=dict)  # role -> file name in the folder
+    models: list[dict] = field(default_factory=list)  # final models saved: experiment, file, sha256
+    cohort: dict = field(default_factory=dict)  # cases per class, exclusions, covariate summaries
     schema: int = SCHEMA
 
     # ------------------------------------------------------------------ persistence
@@ -116,34 +118,15 @@ def _clean(obj: Any) -> Any:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 # --------------------------------------------------------------------------- exact CSV tables
 def write_table(df: pd.DataFrame, path: Path, *, index: bool = False) -> Path:
     """A table as CSV whose floats read back bit for bit (shortest round-trip repr)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=index, float_format=None)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -175,8 +158,13 @@ def write_report(record: RunRecord, out_dir: Path) -> Path:
         names = [m.get("experiment") for m in record.metrics]
         provenance["ensembles"] = {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
                                    for p in sorted((out_dir / ens).glob("*/summary.json")) if p.parent.name in names}
+
+    from .paper import paper_context
+
+    predictions = table("predictions")
+    paper = paper_context(record, out_dir, predictions, record.metrics_frame())
     return render(out_dir, title=record.name, metrics=record.metrics_frame(),
-                  predictions=table("predictions"), selection=table("selection"),
+                  predictions=predictions, paper=paper, selection=table("selection"),
                   delong=record.delong_frame(), failures=record.failures_frame(),
                   experiment_errors=record.experiment_errors, provenance=provenance,
                   contact_sheet=out_dir / sheet if sheet and (out_dir / sheet).exists() else None,

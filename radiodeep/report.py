@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .atomic import write_atomic
 from . import plots
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -429,17 +428,7 @@ def _wbr(s: Any):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)  # a report is meant to be shared: it follows the umask
 
 
 def _frame(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -462,6 +451,7 @@ def write_report(out_dir: Path, *, title: str,
                  provenance: dict,
                  contact_sheet: Path | None,
                  positive_label: str | None = None,
+                 paper: dict | None = None,
                  ) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/roc_curves.png``.
 
@@ -492,7 +482,7 @@ def write_report(out_dir: Path, *, title: str,
     roc_note = None
     if scheme["repeats"] > 1:
         roc_note = f"out-of-fold scores of all {scheme['repeats']} repeats pooled per experiment"
-    roc_png = plots.roc_figure(curves, note=roc_note)
+    roc_png = plots.roc_figure(curves, note=roc_note, svg_to=out_dir / "roc_curves.svg")
     _write_atomic(out_dir / ROC_PNG, roc_png)
 
     experiments = _experiment_rows(metrics)
@@ -533,6 +523,7 @@ def write_report(out_dir: Path, *, title: str,
         "contact_sheet_requested": contact_sheet is not None,
         "provenance": _provenance(provenance),
         "random_weights": _random_weights(provenance),
+        "paper": paper,  # cohort table, calibration, methods paragraph, TRIPOD (radiodeep.paper)
     }
     html = _environment().get_template(TEMPLATE_NAME).render(**context)
     path = out_dir / "report.html"

@@ -38,19 +38,23 @@ class CohortReport:
         return list(self.problems) + [f"case {f.case_id}: {f.reason}" for f in self.failures]
 
 
-def load_cohort(config: Config, *, check_images: bool = True, progress: bool = False) -> CohortReport:
+def load_cohort(config: Config, *, check_images: bool = True, progress: bool = False,
+                labels: bool = True) -> CohortReport:
     """Read the manifest and check every case: files, integrity (gzip CRC, impossible values),
     geometry (from headers first), mask label, and what predicts a route's failure on the
-    case (dimension against the mode, components, ROI voxels against the parameter file)."""
+    case (dimension against the mode, components, ROI voxels against the parameter file).
+    ``labels=False``: label-free work (``--only extract``, ``radiodeep predict``); the manifest
+    needs no label column, or may hold one label value."""
     cc = config.cohort
     label, _ = config.roi_label()
     try:
         cohort, problems = read_manifest(config.resolve(cc.manifest), mask_label=label,
                                          sequences=cc.sequences, positive_label=cc.positive_label,
-                                         roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks")
+                                         roi_name=cc.roi_name, mask_cache=config.cache_dir / "masks",
+                                         labels=labels, columns=cc.columns)
     except ValueError as err:
         return CohortReport(None, [str(err)])
-    if config.evaluation.scheme == "external":
+    if config.evaluation.scheme == "external" and labels:
         splits = {c.split for c in cohort.cases}
         for want in (config.evaluation.train_split, config.evaluation.test_split):
             if want not in splits:

@@ -166,3 +166,13 @@ def test_resolved_config_paths_are_relative_to_its_folder_and_reload_identically
     assert again.resolve(again.cohort.manifest) == cfg.resolve(cfg.cohort.manifest)
     assert again.to_dict() | {"output": None, "cohort": None, "features": None, "execution": None} == \
         cfg.to_dict() | {"output": None, "cohort": None, "features": None, "execution": None}
+
+
+def test_a_misspelt_learned_classifier_is_named_with_the_image_route():
+    from radiodeep.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cohort": {"manifest": "m.csv"}, "features": {"handcrafted": {}},
+                      "experiments": [{"name": "a", "features": ["handcrafted"], "classifier": "cnn_finetun"}]})
+    text = str(err.value)
+    assert "did you mean 'cnn_finetune'?" in text and "with features: [image]" in text

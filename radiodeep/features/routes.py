@@ -45,6 +45,7 @@ ROUTES: dict[str, str] = {
     "handcrafted": "radiodeep.features.handcrafted",
     "deep": "radiodeep.features.deep",
     "image": "radiodeep.learned.route",  # learned route: each case's prepared ROI tensor (issue 13)
+    "clinical": "radiodeep.features.clinical",
 }
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import settings_hash
+from ..atomic import atomic_path, write_atomic
 
 __all__ = ["CacheEntry", "FeatureStore", "RouteResult", "file_fingerprint", "export_csv", "read_features"]
 
@@ -60,17 +59,6 @@ def _safe(case_id: str) -> str:
     return safe
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _share_like_others(fd: int) -> None:
-    """mkstemp makes files owner-only (0600); outputs follow the umask like every other file."""
-    os.fchmod(fd, 0o666 & ~_umask())
-
-
 @dataclass
 class CacheEntry:
     features: dict[str, float]
@@ -90,7 +78,7 @@ class FeatureStore:
         self.damaged: list[str] = []  # case ids whose entry failed its checksum (recomputed)
         sfile = self.dir / "settings.json"
         if not sfile.exists():
-            _atomic_write_bytes(sfile, json.dumps(self.settings, indent=2, sort_keys=True).encode())
+            write_atomic(sfile, json.dumps(self.settings, indent=2, sort_keys=True).encode())
 
     def path(self, case_id: str) -> Path:
         return self.dir / f"{_safe(case_id)}.npz"
@@ -135,17 +123,13 @@ class FeatureStore:
         diag = json.dumps(dict(diagnostics or {}), default=str)
         unit_text = json.dumps(dict(units or {}))
         p = self.path(case_id)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         try:
-            _share_like_others(fd)
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_path(p) as tmp, tmp.open("wb") as fh:
                 np.savez(fh, names=names, values=values, fingerprint=np.array(fingerprint),
                          case_id=np.array(case_id), diagnostics=np.array(diag), units=np.array(unit_text),
                          checksum=np.array(_checksum(names, values, fingerprint, diag, unit_text)))
-            os.replace(tmp, p)
-        except BaseException as err:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(err, OSError) and not err.filename:  # say which file (a disk full, ...)
+        except OSError as err:
+            if not err.filename:  # say which file (a disk full, ...)
                 raise OSError(err.errno, err.strerror or str(err), str(p)) from err
             raise
         return p
@@ -161,37 +145,18 @@ def _checksum(names: np.ndarray, values: np.ndarray, fingerprint: str, diagnosti
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        _share_like_others(fd)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_csv(df: pd.DataFrame, path: Path | str, provenance: Mapping[str, Any]) -> Path:
     """Write a feature table as CSV and its provenance beside it (``<name>.provenance.json``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        _share_like_others(fd)
-        os.close(fd)
+    with atomic_path(path) as tmp:
         # no float_format: pandas writes each float's shortest repr, which read_features reads back
         # bit for bit (exact ties between features survive; evaluation sees the extracted numbers)
         df.to_csv(tmp, index=True, float_format=None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     prov = dict(provenance)
     prov.setdefault("n_cases", int(df.shape[0]))
     prov.setdefault("n_features", int(df.shape[1]))
-    _atomic_write_bytes(path.with_suffix(".provenance.json"),
+    write_atomic(path.with_suffix(".provenance.json"),
                         json.dumps(prov, indent=2, sort_keys=True, default=str).encode())
     return path
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..atomic import write_atomic
 
 __all__ = ["tensor_hash", "tensor_hashes", "dihedral", "find_copies", "fold_audit", "write_audit",
            "NEAR_COPY_CORR"]
@@ -121,10 +121,7 @@ def write_audit(record: dict, folder: Path | str, experiment: str | None) -> Pat
     d = Path(folder) / _safe(experiment or "experiment")
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"heldout_{_safe(label)}.json"
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"experiment": experiment, **record}, fh, indent=1, default=str)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"experiment": experiment, **record}, indent=1, default=str))
     if record["leak"]:
         log.error("audit of experiment %s: held-out case(s) %s reached training (%s); see %s",
                   experiment, ids, {k: v for k, v in record["checks"].items() if isinstance(v, list) and v}, path)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from .. import roi
 from ..config import Config, RoiConfig
 from ..errors import CaseError, CaseFailure
@@ -114,14 +113,8 @@ def _load(path: Path, fingerprint: str) -> np.ndarray | None:
 
 
 def _atomic_npz(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def extract(cohort, settings: ImageSettings, context: RunContext) -> RouteResult:

@@ -40,8 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ..atomic import write_atomic
 from .architectures import ArchitectureError, build_architecture, check_input_size, expected_input_size
 from .audit import tensor_hashes
 from .estimator import CNNClassifier, TrainingDiverged
@@ -315,10 +314,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
         out.insert(0, "case_id", ids)
         for path, text in ((d / f"fold_{key}.csv", out.to_csv(index=False)),
                            (d / f"fold_{key}.json", json.dumps(info, indent=1))):
-            fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            write_atomic(path, text)
 
 
 def member_predictions(record_dir: Path | str, name: str, predictions: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_path
 from .dicomfiles import SeriesSlices
 
 __all__ = ["mask_key", "load", "save"]
@@ -62,12 +61,6 @@ def save(cache_dir: Path | None, key: str, mask: sitk.Image, notes: list[str]) -
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     arr = sitk.GetArrayViewFromImage(mask)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, bits=np.packbits(arr.ravel() > 0), shape=np.array(arr.shape),
-                                notes=np.array(json.dumps(notes)))
-        os.replace(tmp, cache_dir / f"{key}.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(cache_dir / f"{key}.npz") as tmp, tmp.open("wb") as fh:
+        np.savez_compressed(fh, bits=np.packbits(arr.ravel() > 0), shape=np.array(arr.shape),
+                            notes=np.array(json.dumps(notes)))
