@@ -344,18 +344,45 @@ class EvaluationConfig(_Strict):
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)
 
 
+class ClusterConfig(_Strict):
+    """A Dask cluster radiodeep starts for the run (``backend: dask``) and stops after it:
+    worker jobs on SLURM or PBS (through dask-jobqueue; the scheduler runs in radiodeep's
+    process, which must be reachable from the compute nodes), or ``local`` worker processes."""
+
+    kind: Literal["slurm", "pbs", "local"]
+    cores: int = Field(1, ge=1, description="cores per job")
+    memory: str = Field("4GB", description="memory per job (e.g. 16GB)")
+    processes: int = Field(1, ge=1, description="Dask worker processes per job (cores shared out)")
+    jobs: int = Field(1, ge=1, description="jobs (kind local: sets of processes) to start")
+    walltime: str | None = Field("01:00:00", description="per job (HH:MM:SS)")
+    queue: str | None = Field(None, description="partition (SLURM) or queue (PBS)")
+    account: str | None = None
+    interface: str | None = Field(None, description="network interface the workers reach the scheduler on")
+    python: str | None = Field(None, description="the workers' Python (default: this one)")
+    prologue: list[str] = Field(default_factory=list,
+                                description="shell lines run before a worker starts (module load, venv)")
+    job_extra: list[str] = Field(default_factory=list, description="extra #SBATCH / #PBS directives")
+    log_directory: str | None = None
+
+
 class ExecutionConfig(_Strict):
     n_jobs: int = Field(1, ge=1, description="worker processes for feature extraction; threads for the "
                                              "cross-validation folds (results do not depend on it)")
     backend: Literal["local", "dask"] = "local"
     address: str | None = Field(None, description="Dask scheduler address (backend: dask)")
+    cluster: ClusterConfig | None = Field(None, description="a Dask cluster to start for the run "
+                                                            "(backend: dask, no address)")
     cache_dir: Path | None = Field(None, description="per-case feature cache (default: OUTPUT/cache)")
     progress: bool = True
 
     @model_validator(mode="after")
     def _dask_address(self):
-        if self.backend == "dask" and not self.address:
-            raise ValueError("backend 'dask' needs 'address' (e.g. tcp://scheduler:8786)")
+        if self.backend == "dask" and not self.address and self.cluster is None:
+            raise ValueError("backend 'dask' needs 'address' (e.g. tcp://scheduler:8786) or 'cluster' "
+                             "(e.g. {kind: slurm, cores: 8, memory: 16GB, jobs: 4})")
+        if self.address and self.cluster is not None:
+            raise ValueError("give either 'address' (a running scheduler) or 'cluster' (one to start), "
+                             "not both")
         return self
 
 

@@ -47,6 +47,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
+from .execution import map_calls
 from .progress import progress as _progress
 from .selection import CorrelationFilter, ReliefF, RouteTopK, SymmetricUncertainty
 from .selection.route_topk import _resolve_routes
@@ -244,9 +245,23 @@ def _supports_fast_loo(pipeline) -> bool:
     return hasattr(first, "loo_fits") and hasattr(first, "get_support") and out == "default"
 
 
+def _fold_fast(est, tr: np.ndarray, te: np.ndarray, cols: np.ndarray, *, Xv: np.ndarray, y: np.ndarray):
+    """A fold of the shared leave-one-out path: the selected columns of the fold's rows, then
+    :func:`_fit_score` (the slicing runs where the fold runs: only indices travel)."""
+    return _fit_score(est, Xv[np.ix_(tr, cols)], y[tr], Xv[np.ix_(te, cols)])
+
+
+def _fold_cold(est, tr: np.ndarray, te: np.ndarray, *, Xv: np.ndarray, names: np.ndarray, y: np.ndarray):
+    return _cold_job(est, Xv, names, y, tr, te)
+
+
 def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, fast: bool,
-               n_jobs: int, show: bool, desc: str, dask_address: str | None = None):
-    """Every fold's scores; returns (rows, selection counts, number of fits)."""
+               n_jobs: int, show: bool, desc: str, backend: str = "local", address: str | None = None):
+    """Every fold's scores; returns (rows, selection counts, number of fits).
+
+    Folds run in ``n_jobs`` threads here, or on the Dask cluster at ``address``
+    (``backend="dask"``, the data sent to every worker once): the same numbers either way.
+    """
     names = np.asarray([str(c) for c in X.columns], dtype=object)
     Xv = X.to_numpy(dtype=np.float64)
     counts = np.zeros(len(names), dtype=np.int64)
@@ -254,53 +269,34 @@ def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, 
     have_mask = True
     use_fast = fast and scheme == "loo" and _supports_fast_loo(pipeline)
 
+    metas: list = []
     if use_fast:
         selector = pipeline.steps[0][1]
         rest = pipeline[1:]
         fitted = selector.loo_fits(pd.DataFrame(Xv, columns=names), y)
+        fn, shared = _fold_fast, {"Xv": Xv, "y": y}
 
-        def jobs():
+        def calls():
             for (rep, fold, tr, te), sel in zip(folds, fitted):
                 support = np.asarray(sel.get_support(), dtype=bool)
                 if not support.any():
                     raise ValueError("the selector kept no feature in a fold")
                 # the selectors' transform hands on C-contiguous float64 columns: these bytes
-                cols = np.flatnonzero(support)
-                Xtr, Xte = Xv[np.ix_(tr, cols)], Xv[np.ix_(te, cols)]
-                yield (rep, fold, te, support), (_fit_score, (clone(rest), Xtr, y[tr], Xte))
+                metas.append((rep, fold, te, support))
+                yield clone(rest), tr, te, np.flatnonzero(support)
     else:
-        def jobs():
+        fn, shared = _fold_cold, {"Xv": Xv, "names": names, "y": y}
+
+        def calls():
             for rep, fold, tr, te in folds:
-                yield (rep, fold, te, None), (_cold_job, (clone(pipeline), Xv, names, y, tr, te))
+                metas.append((rep, fold, te, None))
+                yield clone(pipeline), tr, te
 
     rows = []
-    if dask_address is not None:  # execution.backend dask: every fold a task on the cluster (same results)
-        from joblib import Parallel, delayed, parallel_config
-
-        metas_d, tasks = [], []
-        for meta, (fn, args) in jobs():
-            metas_d.append(meta)
-            tasks.append(delayed(fn)(*args))
-        with parallel_config(backend="dask", scheduler_host=dask_address, scatter=[Xv]):
-            done = Parallel(n_jobs=-1)(tasks)
-        results = zip(metas_d, done)
-    elif n_jobs is None or n_jobs == 1:
-        results = ((meta, fn(*args)) for meta, (fn, args) in jobs())
-    else:
-        from joblib import Parallel, delayed
-
-        metas: list = []
-
-        def tagged():
-            for meta, (fn, args) in jobs():
-                metas.append(meta)
-                yield delayed(fn)(*args)
-
-        # threads: the trees, SVMs and distance kernels release the GIL, and threads need no
-        # fresh interpreter (importing scipy/sklearn costs seconds) nor copies of the data
-        par = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator",
-                       pre_dispatch="2*n_jobs")
-        results = ((metas[i], r) for i, r in enumerate(par(tagged())))
+    # threads locally: the trees, SVMs and distance kernels release the GIL, and threads need no
+    # fresh interpreter (importing scipy/sklearn costs seconds) nor copies of the data
+    out = map_calls(fn, calls(), shared=shared, n_jobs=n_jobs or 1, backend=backend, address=address)
+    results = ((metas[i], r) for i, r in enumerate(out))
     for (rep, fold, te, support), (score, pred, mask) in _progress(
             results, total=len(folds), desc=desc, enabled=show):
         if support is not None:
@@ -330,14 +326,17 @@ def _pooled_auc(pred_rows, y: np.ndarray) -> float:
 
 def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: str = "",
              split: pd.Series | None = None, progress: bool = False, n_jobs: int = 1,
-             fast: bool = True, dask_address: str | None = None) -> EvaluationResult:
+             fast: bool = True, backend: str = "local", address: str | None = None,
+             dask_address: str | None = None) -> EvaluationResult:
     """Evaluate ``pipeline`` on ``X`` (cases x features) and ``y`` (0/1, 1 = positive).
 
     ``cfg`` is an :class:`~radiodeep.config.EvaluationConfig` (None: its defaults, leave-one-out);
     ``split`` (case id -> split name) is needed by the external scheme. The pipeline is cloned and
     refitted in every fold, so no information from a test case reaches its model. ``n_jobs`` > 1
     fits folds in parallel threads (same results: e.g. ``config.execution.n_jobs``);
-    ``dask_address`` runs every fold as a task on that Dask cluster's workers (same results);
+    ``backend="dask"`` runs the folds and the permutations' folds on the Dask cluster at
+    ``address`` (same results; ``dask_address=A`` is short for ``backend="dask", address=A``),
+    the learned routes' training folds included;
     ``fast=False`` turns off the shared leave-one-out selection path (same results, slower).
     ``progress`` shows a per-fold progress bar. Raises ``ValueError`` when the experiment cannot
     run (too few cases of a class, k above the number of features, missing values, ...).
@@ -345,6 +344,8 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
     Scores are P(class 1) for probabilistic models (predicted positive above 0.5, as
     ``predict``), the decision function for SVMs (positive above 0).
     """
+    if dask_address is not None:
+        backend, address = "dask", dask_address
     if cfg is None:
         from .config import EvaluationConfig
 
@@ -371,13 +372,12 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
     # (and the folds themselves may run in parallel threads)
     with threadpool_limits(limits=1, user_api="blas"):
         return _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
-                         n_jobs, fast, dask_address)
+                         n_jobs, fast, {"backend": backend, "address": address})
 
 
-def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast,
-              dask_address=None):
+def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast, where):
     rows, counts, n_fits = _run_folds(pipeline, X, y_arr, folds, scheme=cfg.scheme, fast=fast,
-                                      n_jobs=n_jobs, show=progress, desc=desc, dask_address=dask_address)
+                                      n_jobs=n_jobs, show=progress, desc=desc, **where)
     names = np.asarray([str(c) for c in X.columns], dtype=object)
 
     case_ids = X.index.to_numpy()
@@ -409,7 +409,7 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
                 yp = rng.permutation(yp)
                 pf = _folds(cfg, yp, X.index, split)
             prow, _, _ = _run_folds(pipeline, X, yp, pf, scheme=cfg.scheme, fast=fast,
-                                    n_jobs=n_jobs, show=False, desc=desc, dask_address=dask_address)
+                                    n_jobs=n_jobs, show=False, desc=desc, **where)
             null[b] = _pooled_auc(prow, y_arr if cfg.scheme == "external" else yp)
         observed = metrics["auc"]
         metrics["perm_p"] = float((1 + np.sum(null >= observed)) / (1 + cfg.permutations))

@@ -15,9 +15,17 @@ raised), so one bad case never stops the others.
   when the parent does, however it ends (``kill -9`` included): the kernel
   signals them on Linux (``PR_SET_PDEATHSIG``), and a watchdog thread that
   polls the parent's PID covers other platforms.
-* ``backend="dask"``: an *existing* Dask cluster at ``address`` (``tcp://host:8786``).
-  No cluster is started here; the workers must see the same files and have
-  radiodeep installed.
+* ``backend="dask"``: a Dask cluster at ``address`` (``tcp://host:8786``; see
+  :mod:`radiodeep.cluster` for one started from ``execution.cluster``). The workers must see
+  the same files and have radiodeep installed. They are set up like local workers
+  (:func:`cap_threads`, heavy modules imported once, see :class:`radiodeep.cluster.WorkerSetup`);
+  the function is sent to every worker once (not with every case); at most a window of cases
+  is submitted at a time and each future is dropped as soon as its case is yielded, so the
+  client's memory does not grow with the cohort. A worker that dies while computing a case
+  gets the case retried once elsewhere, then the case fails with :class:`WorkerDied`.
+
+Both backends cap the thread pools of every worker the same way (:func:`cap_threads`): ITK,
+torch's intra-op pool and BLAS/OpenMP get the cores shared out between the worker processes.
 
 Without a progress bar (stderr is not a terminal: a batch scheduler's log), a line
 with the cases done, the rate and the time left is logged at a steady rate instead
@@ -26,6 +34,7 @@ with the cases done, the rate and the time left is logged at a steady rate inste
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -35,6 +44,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from functools import partial
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -43,7 +53,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .progress import progress as progress_bar
 
-__all__ = ["map_cases", "WorkerDied", "BACKENDS"]
+__all__ = ["map_cases", "map_calls", "cap_threads", "WorkerDied", "BACKENDS"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +216,64 @@ def _map_serial(func, items):
         yield item, result
 
 
+# --------------------------------------------------------------------------- thread caps
+#: read by OpenMP, the BLAS libraries, numexpr and ITK when they are loaded (later imports)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+
+def cap_threads(threads: int) -> int:
+    """Cap every thread pool of this (worker) process at ``threads``; the one function both
+    backends call in each worker, so a case computes with the same threads on either.
+
+    ITK (SimpleITK's global default), torch's intra-op pool, and BLAS/OpenMP through
+    threadpoolctl for the libraries already loaded; the environment variables cover those
+    loaded later. Nothing is imported here. Returns the cap.
+    """
+    threads = max(1, int(threads))
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(threads)
+    sitk = sys.modules.get("SimpleITK")
+    if sitk is not None:
+        try:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        except Exception:  # noqa: BLE001 - an optimisation only
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.set_num_threads(threads)
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)  # process-wide, for the libraries loaded now
+    except Exception:  # noqa: BLE001 - threadpoolctl comes with scikit-learn; an optimisation only
+        pass
+    return threads
+
+
+def thread_caps() -> dict[str, int]:
+    """The thread caps in force in this process (for tests and the benchmark)."""
+    out = {}
+    sitk = sys.modules.get("SimpleITK")
+    if sitk is not None:
+        out["itk"] = int(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = int(torch.get_num_threads())
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            key = info.get("user_api", "?")
+            out[key] = max(out.get(key, 0), int(info.get("num_threads", 0)))
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
 # --------------------------------------------------------------------------- local processes
 def _worker_init(threads: int, parent: int | None = None) -> None:
     # Ctrl-C goes to the whole process group: the parent stops the workers itself
@@ -214,15 +282,8 @@ def _worker_init(threads: int, parent: int | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if parent is not None:
         _die_with_parent(parent)
-    # ITK's thread pool: share the cores between workers instead of oversubscribing them
-    # (the variable covers a SimpleITK imported later; no import is paid for here)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, threads))
-    sitk = sys.modules.get("SimpleITK")
-    if sitk is not None:
-        try:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
-        except Exception:  # noqa: BLE001 - an optimisation only
-            pass
+    # share the cores between workers instead of oversubscribing them
+    cap_threads(threads)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -347,35 +408,174 @@ def _run_isolated(func, item, start_method):
 
 
 # --------------------------------------------------------------------------- dask
+def _module_of(func) -> str | None:
+    while isinstance(func, partial):
+        func = func.func
+    return getattr(func, "__module__", None)
+
+
+def _keys(kind: str, n: int) -> list[str]:
+    # unique keys (the scheduler starts independent tasks in the order submitted: client.map
+    # ranks them so, and the callers hand the largest cases out first)
+    return [f"radiodeep-{kind}-{uuid.uuid4().hex}" for _ in range(n)]
+
+
+def _value(x):
+    return x
+
+
+def _shared(client, value):
+    """``value`` as a task: each worker fetches it once, however many cases need it.
+
+    A task rather than scattered data: the scheduler keeps its recipe, so when every worker
+    that held it has died it is made again (scattered data would be lost with them).
+    """
+    return client.submit(_value, value, pure=False, key=f"radiodeep-shared-{uuid.uuid4().hex}")
+
+
+def _call_shared(item, fn):
+    """On a Dask worker: ``fn`` arrives once per worker (a shared task), the item per task."""
+    return _call(fn, item)
+
+
+def _slots(client) -> int:
+    """Task slots (worker threads) of the cluster now."""
+    try:
+        return sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _window(client) -> int:
+    """Cases submitted at a time: every task slot busy plus a queue, a bounded number of futures."""
+    return max(64, 4 * _slots(client))
+
+
+def _dask_result(fut, value, shared=None):
+    """What a finished future means for its case; ``value`` is its result, fetched already."""
+    if shared is not None and shared.status in ("error", "cancelled"):  # the function never arrived
+        try:
+            why = f"{type(shared.exception()).__name__}: {shared.exception()}"
+        except Exception as err:  # noqa: BLE001
+            why = f"{type(err).__name__}: {err}"
+        return RuntimeError(f"the function could not be sent to the Dask workers ({why}); "
+                            "do they have the same radiodeep installed?")
+    if fut.status == "error":
+        err = fut.exception()
+        if type(err).__name__ == "KilledWorker":
+            return WorkerDied("the worker computing this case died, also when the case was retried "
+                              "(a crash in native code, or killed for lack of memory)")
+        return err if isinstance(err, Exception) else WorkerDied(str(err))
+    if fut.status == "cancelled":
+        return WorkerDied("the task was cancelled on the Dask cluster")
+    return _outcome(value)
+
+
 def _map_dask(func, items, address: str):
+    from distributed import as_completed
+
+    from .cluster import client_for
+
+    client = client_for(address, [_module_of(func)])
+    shared = _shared(client, func)
+    pending = deque(enumerate(items))
+    owner: dict = {}
+    window = _window(client)
+    # results fetched in the background as tasks finish, while the caller saves the last case
+    ac = as_completed(loop=client.loop, with_results=True, raise_errors=False)
+
+    def top_up():
+        # in batches of half a window: one round trip to the scheduler per batch, not per case
+        if len(owner) > window // 2 or not pending:
+            return
+        batch = [pending.popleft() for _ in range(min(len(pending), window - len(owner)))]
+        futs = client.map(_call_shared, [item for _, item in batch], fn=shared, pure=False,
+                          retries=1, key=_keys("case", len(batch)))
+        for fut, (_, item) in zip(futs, batch):
+            owner[fut.key] = (item, fut)
+        ac.update(futs)
+
     try:
-        from distributed import Client, as_completed
-    except ImportError as err:  # pragma: no cover - dask[distributed] is a dependency
-        raise RuntimeError("the dask backend needs the 'distributed' package") from err
-    try:
-        client = Client(address, set_as_default=False, timeout="30s")
-    except Exception as err:  # noqa: BLE001 - say which address could not be reached
-        raise RuntimeError(f"cannot connect to the Dask scheduler at {address}: {err}") from None
-    futures = []
-    try:
-        futures = client.map(partial(_call, func), items, pure=False)
-        owner = {f.key: item for f, item in zip(futures, items)}
-        for fut in as_completed(futures, loop=client.loop):
-            item = owner[fut.key]
-            if fut.status == "error":
-                err = fut.exception()
-                result = err if isinstance(err, Exception) else WorkerDied(str(err))
-            elif fut.status == "cancelled":
-                result = WorkerDied("the task was cancelled on the Dask cluster")
-            else:
-                result = _outcome(fut.result())
+        top_up()
+        while owner:
+            fut, value = next(ac)
+            item, _ = owner.pop(fut.key)
+            result = _dask_result(fut, value, shared if fut.status != "finished" else None)
             fut.release()
+            del fut, value
+            top_up()
             yield item, result
     finally:
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            try:
-                client.cancel(pending)
-            except Exception:  # noqa: BLE001
-                pass
-        client.close()
+        if owner:
+            with contextlib.suppress(Exception):
+                client.cancel([f for _, f in owner.values()])
+            owner.clear()
+        ac.clear()
+        with contextlib.suppress(Exception):
+            shared.release()
+
+
+# --------------------------------------------------------------------------- calls (folds)
+def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = None, n_jobs: int = 1,
+              backend: str = "local", address: str | None = None) -> Iterator[Any]:
+    """``fn(*args, **shared)`` for every ``args`` of ``calls``, results *in order*.
+
+    The evaluation's folds: ``shared`` (the feature matrix, the labels) is passed to every
+    call as is in this process, and sent to every Dask worker once (``backend="dask"``).
+    ``n_jobs`` > 1 runs local calls in threads (the estimators release the GIL; no copies).
+    Exceptions propagate, as from a plain call. On Dask the calls travel in chunks (a few per
+    task slot: a fold may be milliseconds of work), each call with one BLAS thread, as the
+    evaluation runs its local folds, so the numbers are the same.
+    """
+    shared = dict(shared or {})
+    if backend == "dask":
+        if not address:
+            raise ValueError("the dask backend needs a scheduler address (e.g. tcp://scheduler:8786)")
+        yield from _calls_dask(fn, calls, shared, address)
+        return
+    if n_jobs == 1:
+        for args in calls:
+            yield fn(*args, **shared)
+        return
+    from joblib import Parallel, delayed
+
+    par = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator", pre_dispatch="2*n_jobs")
+    yield from par(delayed(fn)(*args, **shared) for args in calls)
+
+
+def _run_chunk(fn, chunk, **shared):
+    """Calls in a row on one worker, each with one BLAS thread (as the local folds run)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return [fn(*args, **shared) for args in chunk]
+
+
+def _calls_dask(fn, calls, shared, address):
+    from .cluster import client_for
+
+    client = client_for(address, [_module_of(fn)])
+    calls = list(calls)
+    slots = max(1, _slots(client))
+    # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip
+    size = max(1, -(-len(calls) // (4 * slots)))
+    chunks = [calls[i:i + size] for i in range(0, len(calls), size)]
+    remote = {k: _shared(client, v) for k, v in shared.items()}
+    futs: deque = deque()
+    try:
+        for chunk in chunks:
+            futs.append(client.submit(_run_chunk, fn, chunk, pure=False, retries=1,
+                                      key=_keys("call", 1)[0], **remote))
+        del calls, chunks
+        while futs:
+            fut = futs.popleft()
+            results = fut.result()  # raises the call's exception, as a plain call would
+            fut.release()
+            yield from results
+    finally:
+        if futs:
+            with contextlib.suppress(Exception):
+                client.cancel(list(futs))
+        for f in remote.values():
+            with contextlib.suppress(Exception):
+                f.release()

@@ -284,7 +284,7 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
             ex = config.execution
             res = evaluate(pipe, X, yy, config.evaluation, experiment=exp.name,
                            split=None if split is None else split.loc[ids], progress=progress,
-                           n_jobs=ex.n_jobs, dask_address=ex.address if ex.backend == "dask" else None)
+                           n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address)
         except Exception as err:  # noqa: BLE001 - one experiment fails alone
             log.error("experiment %s could not run: %s", exp.name, err)
             errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
@@ -377,7 +377,14 @@ def run(config: Config, only: str | None = None) -> RunResult:
         raise RunError(reason)
     try:
         with OutputLock(out):
-            return _run(config, only)
+            ex = config.execution
+            if ex.backend != "dask" or ex.cluster is None:
+                return _run(config, only)
+            from .cluster import start_cluster
+
+            # the cluster lives as long as the run; the address is not written to the outputs
+            with start_cluster(ex.cluster) as address:
+                return _run(config, only, address=address)
     except OutputLocked as err:
         raise RunError(str(err)) from None
     except OSError as err:
@@ -395,7 +402,7 @@ def exit_code(result: RunResult, config: Config) -> int:
     return ExitCode.OK
 
 
-def _run(config: Config, only: str | None = None) -> RunResult:
+def _run(config: Config, only: str | None = None, address: str | None = None) -> RunResult:
     """:func:`run` inside the lock.
 
     Every run leaves a :class:`~radiodeep.record.RunRecord` (``run_record.json``); the report is
@@ -405,6 +412,11 @@ def _run(config: Config, only: str | None = None) -> RunResult:
     byte-identical metrics, predictions and selection tables.
     """
     from .record import RouteRecord, RunRecord, file_sha256, write_table
+
+    written = config  # a cluster started for this run: the written config keeps 'cluster'
+    if address is not None:
+        config = config.model_copy(update={"execution": config.execution.model_copy(
+            update={"address": address, "cluster": None})})
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     progress = config.execution.progress
@@ -417,7 +429,7 @@ def _run(config: Config, only: str | None = None) -> RunResult:
     result = RunResult(output_dir=out)
     base = config.base_dir  # paths in what is written: relative to the study folder
     env = environment()
-    (out / "config.resolved.yaml").write_text(config.resolved_yaml(out), encoding="utf-8")
+    (out / "config.resolved.yaml").write_text(written.resolved_yaml(out), encoding="utf-8")
     _write_json(out / "environment.json", env)
 
     contact_sheet = out / "crops_contact_sheet.png"
@@ -426,11 +438,11 @@ def _run(config: Config, only: str | None = None) -> RunResult:
                  ", ".join(f"features_{r}.csv" for r in ROUTES if getattr(config.features, r) is not None),
                  out)
         record = _load_record(out)
-        record.config, record.environment, record.started = shareable(config.to_dict(), base), env, started
+        record.config, record.environment, record.started = shareable(written.to_dict(), base), env, started
         record.positive_label = cohort.positive_label
         routes = _read_exported(config, record)
     else:
-        record = RunRecord(name=config.name, config=shareable(config.to_dict(), base), environment=env,
+        record = RunRecord(name=config.name, config=shareable(written.to_dict(), base), environment=env,
                            started=started,
                            positive_label=cohort.positive_label)
         failures: list[CaseFailure] = list(cohort.excluded)

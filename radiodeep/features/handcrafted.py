@@ -100,6 +100,14 @@ def _radiomics():
     return radiomics, featureextractor
 
 
+def warm_worker() -> None:
+    """Import PyRadiomics and its feature classes once in a fresh Dask worker (called by
+    :class:`radiodeep.cluster.WorkerSetup`), not inside its first case."""
+    radiomics, _ = _radiomics()
+    radiomics.getFeatureClasses()
+    radiomics.getImageTypes()
+
+
 def pyradiomics_version() -> str:
     return str(_radiomics()[0].__version__).lstrip("v")
 

@@ -1,0 +1,228 @@
+"""Scaling out (issue 17): the Dask backend set up like local workers, byte-identical features
+and predictions, every heavy stage on the cluster, lost workers retried once then reported,
+a SLURM/PBS job script from ``execution.cluster``.
+
+One small LocalCluster (2 worker processes, 1 thread each) serves the module; the test that kills
+workers has its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+distributed = pytest.importorskip("distributed")
+
+from radiodeep.cluster import close_clients, make_cluster  # noqa: E402
+from radiodeep.config import ClusterConfig, EvaluationConfig, parse_config  # noqa: E402
+from radiodeep.evaluation import evaluate  # noqa: E402
+from radiodeep.execution import WorkerDied, map_cases, thread_caps  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_PARAMS = {"featureClass": {"firstorder": [], "glcm": ["Contrast", "JointEntropy"], "shape": []},
+               "setting": {"binWidth": 25}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = make_cluster(ClusterConfig(kind="local", processes=2, cores=2))
+    try:
+        yield c
+    finally:
+        close_clients()
+        c.close()
+
+
+# module level: the workers unpickle them
+def caps_of(_):
+    import SimpleITK  # noqa: F401 - what the routes import
+    import torch  # noqa: F401
+
+    return thread_caps()
+
+
+def test_thread_caps_are_the_same_on_both_backends(cluster):
+    local = dict(map_cases(caps_of, range(4), n_jobs=2, progress=False))
+    dask = dict(map_cases(caps_of, range(4), backend="dask", address=cluster.scheduler_address,
+                          progress=False))
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    for caps in list(local.values()) + list(dask.values()):
+        assert caps["itk"] == expected and caps["torch"] == expected
+        assert all(v == expected for k, v in caps.items() if k in ("blas", "openmp"))
+    same = functools.partial(json.dumps, sort_keys=True)
+    assert set(map(same, local.values())) == set(map(same, dask.values()))
+
+
+def _cohort_config(tmp_path: Path, n: int, **execution):
+    from radiodeep.synth import make_cohort
+
+    manifest = tmp_path / "cohort" / "manifest.csv"
+    if not manifest.exists():
+        make_cohort(manifest.parent, n_cases=n, seed=3)
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(FAST_PARAMS), encoding="utf-8")
+    data = {"cohort": {"manifest": str(manifest), "positive_label": "short"},
+            "features": {"handcrafted": {"params": str(params)}},
+            "experiments": [{"name": "hc-relieff3-rf", "features": ["handcrafted"],
+                             "select": {"method": "relieff", "k": 3},
+                             "classifier": {"name": "random_forest", "n_estimators": 10}}],
+            "evaluation": {"scheme": "loo", "permutations": 2},
+            "output": str(tmp_path / "out"), "execution": {"progress": False, **execution}}
+    return data
+
+
+def test_extraction_is_byte_identical_on_both_backends(tmp_path, cluster):
+    from radiodeep.cohort import read_manifest
+    from radiodeep.features.handcrafted import extract_handcrafted
+
+    data = _cohort_config(tmp_path, 6)
+    local_cfg = parse_config({**data, "execution": {"progress": False, "n_jobs": 2,
+                                                     "cache_dir": str(tmp_path / "c1")}}, tmp_path)
+    dask_cfg = parse_config({**data, "execution": {"progress": False, "backend": "dask",
+                                                    "address": cluster.scheduler_address,
+                                                    "cache_dir": str(tmp_path / "c2")}}, tmp_path)
+    cohort, problems = read_manifest(tmp_path / "cohort" / "manifest.csv", positive_label="short")
+    assert not problems
+    a = extract_handcrafted(cohort, local_cfg, progress=False)
+    b = extract_handcrafted(cohort, dask_cfg, progress=False)
+    assert b.provenance["execution"]["backend"] == "dask" and b.provenance["n_computed"] == 6
+    assert list(a.features.columns) == list(b.features.columns)
+    assert list(a.features.index) == list(b.features.index)
+    assert a.features.to_numpy().tobytes() == b.features.to_numpy().tobytes()
+    # the cache each backend wrote holds the same entries, case by case
+    assert sorted(p.name for p in (tmp_path / "c1").rglob("*.npz")) == \
+        sorted(p.name for p in (tmp_path / "c2").rglob("*.npz"))
+
+
+def _xy(n=24, p=12, seed=0):
+    rng = np.random.default_rng(seed)
+    y = pd.Series(np.arange(n) % 2, index=[f"c{i:02d}" for i in range(n)])
+    X = pd.DataFrame(rng.normal(size=(n, p)), index=y.index, columns=[f"f{j}" for j in range(p)])
+    X["f0"] += 1.5 * y  # one informative feature
+    return X, y
+
+
+@pytest.mark.parametrize("scheme", ["loo", "repeated_kfold"])
+def test_evaluation_folds_and_permutations_run_on_the_cluster_with_the_same_predictions(cluster, scheme):
+    from radiodeep.config import ExperimentConfig
+    from radiodeep.experiment import build_pipeline
+
+    X, y = _xy()
+    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
+                                           "select": {"method": "relieff", "k": 3},
+                                           "classifier": {"name": "random_forest", "n_estimators": 10}})
+    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+    cfg = EvaluationConfig(scheme=scheme, folds=3, repeats=2, permutations=2)
+    local = evaluate(pipe, X, y, cfg, experiment="e", n_jobs=2)
+    from distributed.diagnostics.task_stream import TaskStreamPlugin
+
+    stream = TaskStreamPlugin(cluster.scheduler)  # the scheduler runs in this process
+    cluster.scheduler.add_plugin(stream)
+    try:
+        remote = evaluate(pipe, X, y, cfg, experiment="e", backend="dask", address=cluster.scheduler_address)
+    finally:
+        cluster.scheduler.remove_plugin(name=stream.name)
+    n_folds = len(y) if scheme == "loo" else 3 * 2
+    ran = [t for t in stream.buffer if str(t["key"]).startswith("radiodeep-call")]
+    # the folds and both permutations' folds, in chunks of a few folds (2 slots: 8 chunks a run)
+    assert len(ran) == 3 * min(n_folds, 8)
+    assert len({t["worker"] for t in ran}) == 2  # on both workers
+    pd.testing.assert_frame_equal(local.predictions, remote.predictions, check_exact=True)
+    assert local.metrics == remote.metrics
+    assert local.null_aucs.tobytes() == remote.null_aucs.tobytes()
+    pd.testing.assert_series_equal(local.selection_frequency, remote.selection_frequency)
+
+
+def test_a_study_with_backend_dask_and_a_started_cluster_matches_a_local_run(tmp_path):
+    """`execution.cluster` starts a cluster for the run: extraction and evaluation on it, the same
+    bytes in every table as a local run; the written config keeps `cluster`, not an address."""
+    from radiodeep.config import load_config
+    from radiodeep.pipeline import run
+
+    base = _cohort_config(tmp_path, 8)
+    outs = {}
+    for name, execution in {"local": {"n_jobs": 2},
+                            "dask": {"backend": "dask",
+                                     "cluster": {"kind": "local", "processes": 2, "cores": 2}}}.items():
+        data = {**base, "output": f"out_{name}", "execution": {"progress": False, **execution}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        run(load_config(path))
+        outs[name] = tmp_path / f"out_{name}"
+    for table in ("predictions.csv", "metrics.csv", "selected_features.csv"):
+        assert (outs["local"] / table).read_bytes() == (outs["dask"] / table).read_bytes(), table
+    a = pd.read_csv(outs["local"] / "features_handcrafted.csv", index_col=0)
+    b = pd.read_csv(outs["dask"] / "features_handcrafted.csv", index_col=0)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    written = yaml.safe_load((outs["dask"] / "config.resolved.yaml").read_text(encoding="utf-8"))
+    assert written["execution"]["cluster"]["kind"] == "local" and written["execution"]["address"] is None
+
+
+# --------------------------------------------------------------------------- lost workers
+def die_once(item):
+    """Kill the worker the first time this case runs (a marker file remembers), then succeed."""
+    name, folder = item
+    marker = Path(folder) / f"{name}.started"
+    if name.startswith("always") or not marker.exists():
+        marker.write_text("x", encoding="utf-8")
+        os._exit(7)
+    return name
+
+
+def test_a_worker_that_dies_mid_case_is_retried_once_then_reported(tmp_path, cluster):
+    # the module's cluster (its nannies restart the killed workers); the last test to use it
+    items = [("fine", str(tmp_path)), ("once", str(tmp_path)), ("always", str(tmp_path))]
+    (tmp_path / "fine.started").write_text("x", encoding="utf-8")  # "fine" never dies
+    out = {item[0]: res for item, res in map_cases(die_once, items, backend="dask",
+                                                     address=cluster.scheduler_address, progress=False)}
+    assert out["fine"] == "fine"
+    assert out["once"] == "once"  # its worker died, the retry succeeded
+    assert isinstance(out["always"], WorkerDied)
+    assert "died" in str(out["always"])
+
+
+# --------------------------------------------------------------------------- SLURM / PBS
+def test_slurm_job_script_from_the_config_is_generated_without_submitting():
+    pytest.importorskip("dask_jobqueue")
+    spec = ClusterConfig(kind="slurm", cores=8, memory="16GB", processes=2, jobs=4, walltime="02:00:00",
+                         queue="cpu", account="radiology", prologue=["source /opt/radiodeep/.venv/bin/activate"],
+                         job_extra=["--gres=gpu:1"])
+    cluster = make_cluster(spec)
+    try:
+        script = cluster.job_script()
+        assert cluster.status.name != "closed" and len(cluster.workers) == 0  # nothing submitted
+    finally:
+        cluster.close()
+    assert script.startswith("#!/")
+    for line in ("#SBATCH -p cpu", "#SBATCH -A radiology", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1",
+                 "#SBATCH --cpus-per-task=8", "source /opt/radiodeep/.venv/bin/activate"):
+        assert line in script, line
+    assert "--nworkers 2" in script and "--nthreads 4" in script
+    assert script.index("source /opt/radiodeep") < script.index("distributed.cli.dask_worker")
+
+
+def test_pbs_job_script_and_cluster_config_validation():
+    pytest.importorskip("dask_jobqueue")
+    cluster = make_cluster(ClusterConfig(kind="pbs", cores=4, memory="8GB", queue="workq"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#PBS -q workq" in script and "ncpus=4" in script
+    with pytest.raises(ValueError, match="either 'address'"):
+        parse_config({"cohort": {"manifest": "m.csv"}, "features": {"handcrafted": {}},
+                      "execution": {"backend": "dask", "address": "tcp://x:8786",
+                                    "cluster": {"kind": "slurm"}}})
+    with pytest.raises(ValueError, match="needs 'address'"):
+        parse_config({"cohort": {"manifest": "m.csv"}, "features": {"handcrafted": {}},
+                      "execution": {"backend": "dask"}})
+    with pytest.raises(ValueError):
+        ClusterConfig(kind="sge")
+
