@@ -98,7 +98,9 @@ def versions(learned: bool = False) -> dict[str, str]:
 def detach(obj, _seen: set | None = None) -> None:
     """Stop a fitted learned model writing beside the study when it scores new cases: every
     estimator in it (pipeline steps, fine-tuned CNN, ensemble members) loses its ``audit_dir``
-    (the per-fold leakage audit) and ``record_dir`` (the ensemble's per-fold member records)."""
+    (the per-fold leakage audit) and ``record_dir`` (the ensemble's per-fold member records), and
+    drops the training images the audit kept (``_train_x``): a saved model holds weights and the
+    training tensors' hashes, never the patients' images."""
     from sklearn.base import BaseEstimator
 
     seen = set() if _seen is None else _seen
@@ -109,6 +111,8 @@ def detach(obj, _seen: set | None = None) -> None:
         for attr in ("audit_dir", "record_dir"):
             if getattr(obj, attr, None) is not None:
                 setattr(obj, attr, None)
+        if getattr(obj, "_train_x", None) is not None:
+            obj._train_x = None
         children = list(vars(obj).values())
     elif isinstance(obj, dict):
         children = list(obj.values())

@@ -392,6 +392,24 @@ def test_learned_final_model_scores_new_cases_as_in_python(tmp_path):
         np.testing.assert_array_equal(got["score"].to_numpy(), expected)
         assert got["predicted_label"].tolist() == np.where(expected > 0.5, "short", "long").tolist()
         assert (got["threshold"] == 0.5).all()
+        # a saved model holds weights and hashes, never the training images its audit kept
+        kept = [o for o in _estimators(model.pipeline) if getattr(o, "_train_x", None) is not None]
+        assert not kept and any(hasattr(o, "train_hashes_") for o in _estimators(model.pipeline))
+
+
+def _estimators(obj, seen=None):
+    from sklearn.base import BaseEstimator
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    found = [obj] if isinstance(obj, BaseEstimator) else []
+    children = (list(vars(obj).values()) if isinstance(obj, BaseEstimator) else
+                list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [])
+    for child in children:
+        found += _estimators(child, seen)
+    return found
 
 
 # --------------------------------------------------------------------------- clinical: in-fold imputation

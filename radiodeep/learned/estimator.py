@@ -317,6 +317,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ predict
     def _audit(self, x: np.ndarray, ids) -> None:
+        if getattr(self, "_train_x", None) is None:  # a final model, detached from its training images
+            return
         test_hashes = tensor_hashes(x)
         record = fold_audit(self._train_x, self.train_ids_, self.train_hashes_, x,
                             self._ids(test_hashes, ids), augment=self.augment_record_,
