@@ -204,7 +204,7 @@ def save_model(pipeline, path: Path, meta: dict) -> dict:
     """Write ``path`` (joblib) and its sidecar ``path.with_suffix('.json')``."""
     import joblib
 
-    from .record import _atomic_write, _clean, file_sha256
+    from .record import _atomic_write, file_sha256, plain_data
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def save_model(pipeline, path: Path, meta: dict) -> dict:
     tmp.replace(path)
     sidecar = {**meta, "format": FORMAT, "file": path.name, "sha256": file_sha256(path),
                "versions": versions(learned="image" in meta.get("routes", {}))}
-    _atomic_write(path.with_suffix(".json"), json.dumps(_clean(sidecar), indent=2, sort_keys=True,
+    _atomic_write(path.with_suffix(".json"), json.dumps(plain_data(sidecar), indent=2, sort_keys=True,
                                                         allow_nan=False).encode("utf-8"))
     return {"experiment": meta["experiment"]["name"], "file": f"{path.parent.name}/{path.name}",
             "sha256": sidecar["sha256"], "n_cases": meta.get("n_cases")}

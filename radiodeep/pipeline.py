@@ -331,20 +331,9 @@ def _metric_columns() -> list[str]:
 
 
 def _write_json(path: Path, obj) -> None:
-    from .record import _clean  # NaN -> null: strict JSON
+    from .record import plain_data  # NaN -> null: strict JSON
 
-    path.write_text(json.dumps(_clean(json.loads(json.dumps(obj, default=_jsonable))), indent=2,
-                               sort_keys=True, allow_nan=False), encoding="utf-8")
-
-
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return None if not np.isfinite(v) else float(v)
-    if isinstance(v, Path):
-        return str(v)
-    return str(v)
+    path.write_text(json.dumps(plain_data(obj), indent=2, sort_keys=True, allow_nan=False), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the run
@@ -411,7 +400,7 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
     failures from the record. A full run evaluates those same exported CSVs, so both give
     byte-identical metrics, predictions and selection tables.
     """
-    from .record import RouteRecord, RunRecord, file_sha256, write_table
+    from .record import RouteRecord, RunRecord, file_sha256, plain_data, write_table
 
     written = config  # a cluster started for this run: the written config keeps 'cluster'
     if address is not None:
@@ -451,7 +440,7 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
         for name, res in extracted.items():
             failures.extend(res.failures)
             prov = {**res.provenance, "radiodeep_route": name, "environment": env["packages"]}
-            prov = shareable(_plain(prov), base)
+            prov = shareable(plain_data(prov), base)
             if name == "image":  # learned route: float32 tensors as .npz (a row holds 3 x size x size values)
                 from .learned.route import export_tensors
 
@@ -460,7 +449,7 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
                 csv = export_csv(res.features, out / f"features_{name}.csv", prov)
             record.routes[name] = RouteRecord(name, res.provenance["settings_key"], csv.name,
                                               int(res.features.shape[0]), int(res.features.shape[1]),
-                                              _plain(prov), sha256=file_sha256(csv))
+                                              prov, sha256=file_sha256(csv))
             result.features[name] = res.features
             if res.diagnostics is not None and not res.diagnostics.empty:
                 res.diagnostics.to_csv(out / f"diagnostics_{name}.csv")
@@ -537,7 +526,3 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
     result.report = write_report(RunRecord.load(out), out)  # from what was persisted, nothing else
     return result
 
-
-def _plain(obj):
-    """Provenance as JSON data (what the record stores)."""
-    return json.loads(json.dumps(obj, default=_jsonable))

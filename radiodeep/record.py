@@ -14,6 +14,7 @@ frequencies, features) are CSV files in the same folder, named in :attr:`RunReco
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import math
@@ -75,7 +76,7 @@ class RunRecord:
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / RECORD_NAME
-        _atomic_write(path, json.dumps(_clean(asdict(self)), indent=2, sort_keys=True,
+        _atomic_write(path, json.dumps(plain_data(asdict(self)), indent=2, sort_keys=True,
                                        allow_nan=False).encode("utf-8"))
         return path
 
@@ -101,18 +102,24 @@ class RunRecord:
         return pd.DataFrame(self.delong, columns=DELONG_COLUMNS)
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-able data: numpy scalars to Python, NaN/inf to None, paths to strings."""
+def plain_data(obj: Any) -> Any:
+    """Nested data as strict JSON (and YAML's safe dumper) take it: numpy scalars and arrays to
+    Python, NaN/inf to None, dates to ISO text, sets to lists, anything else (paths) to text.
+    The one converter of the run record, the metrics/provenance JSON files and the report."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return {str(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [plain_data(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain_data(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
+    if isinstance(obj, (_dt.datetime, _dt.date)):
+        return obj.isoformat()
     return str(obj)
 
 

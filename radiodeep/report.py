@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_atomic
+from .record import plain_data
 from . import plots
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -88,29 +89,10 @@ def _text(v: Any, default: str = "") -> str:
     return str(v)
 
 
-def _plain(obj: Any) -> Any:
-    """Nested data reduced to what YAML's safe dumper writes (unknown objects become strings)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    return str(obj)
-
-
 def _yaml(obj: Any) -> str:
     import yaml
 
-    return yaml.safe_dump(_plain(obj), sort_keys=False, allow_unicode=True,
+    return yaml.safe_dump(plain_data(obj), sort_keys=False, allow_unicode=True,
                           default_flow_style=False, width=100).rstrip()
 
 
@@ -391,7 +373,7 @@ def _kv(d: Any) -> list[dict]:
         return [{"key": "", "value": _yaml(d), "block": True}] if d not in (None, {}) else []
     rows = []
     for k, v in d.items():
-        v = _plain(v)
+        v = plain_data(v)
         if isinstance(v, (dict, list)):
             rows.append({"key": str(k), "value": _yaml(v) if v else "(none)", "block": bool(v)})
         else:

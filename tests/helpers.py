@@ -31,6 +31,16 @@ def tiny_case(folder: Path, cid: str, *, shape=(8, 24, 24), label_value=1, empty
     return ip, mp
 
 
+def tiny_cohort_rows(folder: Path, n: int = 4) -> list[dict]:
+    """Manifest rows of ``n`` tiny cases written under ``folder/data`` (labels alternate)."""
+    rows = []
+    for i in range(n):
+        img, mask = tiny_case(folder / "data", f"c{i}", seed=i)
+        rows.append({"case_id": f"c{i}", "image": f"data/{img.name}", "mask": f"data/{mask.name}",
+                     "label": "short" if i % 2 else "long"})
+    return rows
+
+
 def write_manifest(path: Path, rows: list[dict]) -> Path:
     import csv
 

@@ -13,16 +13,9 @@ from radiodeep.config import parse_config
 from radiodeep.imageio import read_case_images, read_image
 from radiodeep.validate import load_cohort
 
-from helpers import tiny_case, write_manifest, write_volume
+from helpers import tiny_case, tiny_cohort_rows, write_manifest, write_volume
 
 
-def cohort_dir(tmp_path: Path, n: int = 4) -> list[dict]:
-    rows = []
-    for i in range(n):
-        img, mask = tiny_case(tmp_path / "data", f"c{i}", seed=i)
-        rows.append({"case_id": f"c{i}", "image": f"data/{img.name}", "mask": f"data/{mask.name}",
-                     "label": "short" if i % 2 else "long"})
-    return rows
 
 
 def config_for(tmp_path: Path, rows: list[dict], **cohort):
@@ -33,7 +26,7 @@ def config_for(tmp_path: Path, rows: list[dict], **cohort):
 
 
 def test_good_cohort_reads_with_relative_paths_and_covariates(tmp_path):
-    rows = cohort_dir(tmp_path)
+    rows = tiny_cohort_rows(tmp_path)
     for r in rows:
         r["age"] = "60"
     report = load_cohort(config_for(tmp_path, rows))
@@ -45,7 +38,7 @@ def test_good_cohort_reads_with_relative_paths_and_covariates(tmp_path):
 
 
 def test_every_bad_case_is_reported_with_its_id(tmp_path):
-    rows = cohort_dir(tmp_path, 8)
+    rows = tiny_cohort_rows(tmp_path, 8)
     rows[0]["image"] = "data/missing.nrrd"                                  # missing image
     (tmp_path / "data" / "broken.nrrd").write_text("this is not an image", encoding="utf-8")
     rows[1]["image"] = "data/broken.nrrd"                                   # unreadable file
@@ -70,7 +63,7 @@ def test_every_bad_case_is_reported_with_its_id(tmp_path):
 
 
 def test_mask_label_column_selects_the_label(tmp_path):
-    rows = cohort_dir(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     _, m = tiny_case(tmp_path / "data", "lab2", label_value=2)
     rows[0]["mask"] = f"data/{m.name}"
     rows[0]["mask_label"] = "2"
@@ -81,7 +74,7 @@ def test_mask_label_column_selects_the_label(tmp_path):
 
 
 def test_mask_with_several_labels_uses_the_configured_one_and_says_which(tmp_path):
-    rows = cohort_dir(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     _, m = tiny_case(tmp_path / "data", "two", seed=0)
     arr = sitk.GetArrayFromImage(read_image(tmp_path / "data" / m.name, "two", "mask"))
     arr[0, 0, :3] = 3  # a second structure, e.g. an organ label beside the lesion
@@ -95,7 +88,7 @@ def test_mask_with_several_labels_uses_the_configured_one_and_says_which(tmp_pat
 
 
 def test_resample_mask_opt_in_fixes_spacing_mismatch(tmp_path):
-    rows = cohort_dir(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     _, m = tiny_case(tmp_path / "data", "sp", mask_spacing=(1.2, 1.0, 2.0))
     rows[0]["mask"] = f"data/{m.name}"
     cfg = config_for(tmp_path, rows, resample_mask=True)
@@ -107,7 +100,7 @@ def test_resample_mask_opt_in_fixes_spacing_mismatch(tmp_path):
 
 
 def test_geometry_within_tolerance_is_made_exact(tmp_path):
-    rows = cohort_dir(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     _, m = tiny_case(tmp_path / "data", "sp", mask_spacing=(1.0005, 1.0, 2.0))
     rows[0]["mask"] = f"data/{m.name}"
     report = load_cohort(config_for(tmp_path, rows))
@@ -117,7 +110,7 @@ def test_geometry_within_tolerance_is_made_exact(tmp_path):
 
 
 def test_duplicate_ids_three_labels_and_positive_label(tmp_path):
-    rows = cohort_dir(tmp_path, 4)
+    rows = tiny_cohort_rows(tmp_path, 4)
     rows[1]["case_id"] = "c0"
     rows[3]["label"] = "medium"
     report = load_cohort(config_for(tmp_path, rows), check_images=False)
@@ -127,7 +120,7 @@ def test_duplicate_ids_three_labels_and_positive_label(tmp_path):
 
 
 def test_positive_label_must_be_one_of_the_labels(tmp_path):
-    rows = cohort_dir(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     write_manifest(tmp_path / "m.csv", rows)
     _, problems = read_manifest(tmp_path / "m.csv", positive_label="alive")
     assert problems == ["cohort.positive_label 'alive' is not among the labels ['long', 'short']"]
@@ -136,7 +129,7 @@ def test_positive_label_must_be_one_of_the_labels(tmp_path):
 
 
 def test_missing_manifest_column(tmp_path):
-    rows = [{k: v for k, v in r.items() if k != "mask"} for r in cohort_dir(tmp_path, 2)]
+    rows = [{k: v for k, v in r.items() if k != "mask"} for r in tiny_cohort_rows(tmp_path, 2)]
     report = load_cohort(config_for(tmp_path, rows))
     assert report.cohort is None
     assert "missing column(s) ['mask']" in report.problems[0]

@@ -299,16 +299,20 @@ def test_repeated_kfold_pools_repeats(tmp_path):
     assert "all 3 repeats together" in text
 
 
-def test_loo_report_mentions_no_repeats(tmp_path):
-    """The config always carries 'repeats' (default 10); under LOO nothing is repeated."""
+def _one_pass_report(tmp_path, evaluation: dict):
+    """The report of 12 cases scored once each (repeat 0), under the given evaluation settings."""
     y = np.array([0, 1] * 6)
     preds = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "y_true": y, "score": y * 0.5 + 0.1,
                           "y_pred": y, "fold": range(12), "repeat": 0, "experiment": "e1"})
     metrics = pd.DataFrame([{"experiment": "e1", "auc": 1.0, "n": 12, "n_pos": 6}])
-    path = write_report(tmp_path, title="loo", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
+    return write_report(tmp_path, title="loo", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
                         delong=pd.DataFrame(), failures=pd.DataFrame(), experiment_errors={},
-                        provenance={"config": {"evaluation": {"scheme": "loo", "folds": 5, "repeats": 10}}},
-                        contact_sheet=None)
+                        provenance={"config": {"evaluation": evaluation}}, contact_sheet=None)
+
+
+def test_loo_report_mentions_no_repeats(tmp_path):
+    """The config always carries 'repeats' (default 10); under LOO nothing is repeated."""
+    path = _one_pass_report(tmp_path, {"scheme": "loo", "folds": 5, "repeats": 10})
     text = path.read_text(encoding="utf-8")
     assert "leave-one-out" in text
     # the prose between the stylesheet and the config dump (which shows every key)
@@ -442,12 +446,5 @@ def test_per_repeat_variability_matches_predictions_csv(tmp_path):
 
 
 def test_per_repeat_table_absent_with_one_repeat(tmp_path):
-    y = np.array([0, 1] * 6)
-    preds = pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "y_true": y, "score": y * 0.5 + 0.1,
-                          "y_pred": y, "fold": range(12), "repeat": 0, "experiment": "e1"})
-    metrics = pd.DataFrame([{"experiment": "e1", "auc": 1.0, "n": 12, "n_pos": 6}])
-    path = write_report(tmp_path, title="loo", metrics=metrics, predictions=preds, selection=pd.DataFrame(),
-                        delong=pd.DataFrame(), failures=pd.DataFrame(), experiment_errors={},
-                        provenance={"config": {"evaluation": {"scheme": "repeated_kfold", "folds": 5, "repeats": 1}}},
-                        contact_sheet=None)
+    path = _one_pass_report(tmp_path, {"scheme": "repeated_kfold", "folds": 5, "repeats": 1})
     assert "per-repeat" not in path.read_text(encoding="utf-8")

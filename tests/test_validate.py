@@ -16,7 +16,7 @@ from radiodeep.errors import CaseError
 from radiodeep.imageio import image_info, read_image
 from radiodeep.validate import load_cohort
 
-from helpers import tiny_case, write_manifest, write_volume
+from helpers import tiny_cohort_rows, write_manifest, write_volume
 
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
@@ -113,13 +113,6 @@ def test_header_only_geometry_reads_no_voxels(tmp_path):
 
 
 # --------------------------------------------------------------------------- validate (item 3)
-def _study(tmp_path: Path, n: int = 4, handcrafted: dict | None = None, deep: bool = False):
-    rows = []
-    for i in range(n):
-        img, mask = tiny_case(tmp_path / "data", f"c{i}", seed=i)
-        rows.append({"case_id": f"c{i}", "image": f"data/{img.name}", "mask": f"data/{mask.name}",
-                     "label": "short" if i % 2 else "long"})
-    return rows
 
 
 def _config(tmp_path: Path, rows, handcrafted: dict | None = None, deep: bool = False, **cohort):
@@ -134,7 +127,7 @@ def _config(tmp_path: Path, rows, handcrafted: dict | None = None, deep: bool = 
 
 
 def test_validate_names_what_would_fail_inside_pyradiomics(tmp_path):
-    rows = _study(tmp_path, 8)
+    rows = tiny_cohort_rows(tmp_path, 8)
     data = tmp_path / "data"
     # a 2D image (and mask) in a 3D study
     write_volume(data / "flat.nrrd", np.random.default_rng(1).normal(size=(24, 24)).astype(np.float32),
@@ -181,7 +174,7 @@ def test_validate_names_what_would_fail_inside_pyradiomics(tmp_path):
 
 
 def test_minimum_roi_size_counts_the_resampled_voxels(tmp_path):
-    rows = _study(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     params = tmp_path / "params.yaml"  # 256 voxels of 1 x 1 x 2 mm = 512 mm3 = 64 voxels of 2 x 2 x 2 mm
     params.write_text("setting:\n  minimumROISize: 100\n  resampledPixelSpacing: [2, 2, 2]\n"
                       "featureClass:\n  firstorder:\n", encoding="utf-8")
@@ -190,7 +183,7 @@ def test_minimum_roi_size_counts_the_resampled_voxels(tmp_path):
 
 
 def test_2d_mode_counts_the_chosen_slice(tmp_path):
-    rows = _study(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     params = tmp_path / "params.yaml"  # one 8 x 8 axial slice: 64 voxels
     params.write_text("setting:\n  minimumROISize: 65\nfeatureClass:\n  firstorder:\n", encoding="utf-8")
     report = load_cohort(_config(tmp_path, rows, {"params": str(params), "mode": "2d"}))
@@ -203,7 +196,7 @@ def test_geometry_mismatch_of_a_sequence_uses_the_cohort_tolerance(tmp_path):
     and by the deep route alike (the deep route ignored the tolerance for sequences)."""
     from radiodeep.features.deep import extract_deep
 
-    rows = _study(tmp_path, 4)
+    rows = tiny_cohort_rows(tmp_path, 4)
     for r in rows:
         cid = r["case_id"]
         arr = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / r["image"])))
@@ -235,7 +228,7 @@ def test_geometry_mismatch_of_a_sequence_uses_the_cohort_tolerance(tmp_path):
 
 # --------------------------------------------------------------------------- messages (item 11)
 def test_4d_nrrd_read_as_a_vector_image_is_named(tmp_path):
-    rows = _study(tmp_path, 2)
+    rows = tiny_cohort_rows(tmp_path, 2)
     four = tmp_path / "data" / "four.nrrd"
     arr = np.zeros((5, 8, 24, 24), np.float32)  # 5 time points of the 8 x 24 x 24 grid
     (tmp_path / "data" / "four.raw").write_bytes(arr.tobytes())
@@ -256,7 +249,7 @@ def test_4d_nrrd_read_as_a_vector_image_is_named(tmp_path):
 
 
 def test_header_only_and_semicolon_manifests_say_what_is_wrong(tmp_path):
-    cfg = _config(tmp_path, _study(tmp_path, 2))
+    cfg = _config(tmp_path, tiny_cohort_rows(tmp_path, 2))
     (tmp_path / "cohort.csv").write_text("case_id,image,mask,label\n", encoding="utf-8")
     report = load_cohort(cfg)
     assert report.problems == [f"manifest {tmp_path.resolve() / 'cohort.csv'} has a header but no rows: "
@@ -269,7 +262,7 @@ def test_header_only_and_semicolon_manifests_say_what_is_wrong(tmp_path):
 def test_validate_lists_every_class_of_problem_at_once(tmp_path, capsys, monkeypatch):
     """Manifest (a bad case), parameter file and weights, in one pass."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
-    rows = _study(tmp_path, 4)
+    rows = tiny_cohort_rows(tmp_path, 4)
     rows[0]["image"] = "data/missing.nrrd"
     params = tmp_path / "params.yaml"
     params.write_text("setting:\n  binWdith: 25\n", encoding="utf-8")
@@ -288,7 +281,7 @@ def test_validate_lists_every_class_of_problem_at_once(tmp_path, capsys, monkeyp
 def test_validate_lists_the_rest_when_a_file_is_missing(tmp_path, capsys, monkeypatch):
     """A missing parameter file no longer hides the missing weights and the bad cases."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
-    rows = _study(tmp_path, 4)
+    rows = tiny_cohort_rows(tmp_path, 4)
     rows[1]["mask"] = "data/gone.nrrd"
     write_manifest(tmp_path / "cohort.csv", rows)
     study = tmp_path / "study.yaml"
