@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Mapping
 
 import numpy as np
@@ -47,7 +48,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
-from .execution import map_calls
+from .execution import map_calls, shared_values
 from .progress import progress as _progress
 from .selection import CorrelationFilter, ReliefF, RouteTopK, SymmetricUncertainty
 from .selection.route_topk import _resolve_routes
@@ -245,9 +246,26 @@ def _supports_fast_loo(pipeline) -> bool:
     return hasattr(first, "loo_fits") and hasattr(first, "get_support") and out == "default"
 
 
+def _loo_supports(selector, *, Xv: np.ndarray, names: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """The shared leave-one-out selection (``selector.loo_fits``: e.g. ReliefF's pairwise work
+    over all folds at once): each fold's selected columns, in the order of the LOO folds.
+
+    One call: it runs where the folds run (on a Dask worker with ``backend="dask"``); only the
+    column indices come back.
+    """
+    out = []
+    for sel in selector.loo_fits(pd.DataFrame(Xv, columns=names), y):
+        cols = np.flatnonzero(np.asarray(sel.get_support(), dtype=bool))
+        if cols.size == 0:
+            raise ValueError("the selector kept no feature in a fold")
+        out.append(cols)
+    return out
+
+
 def _fold_fast(est, tr: np.ndarray, te: np.ndarray, cols: np.ndarray, *, Xv: np.ndarray, y: np.ndarray):
     """A fold of the shared leave-one-out path: the selected columns of the fold's rows, then
     :func:`_fit_score` (the slicing runs where the fold runs: only indices travel)."""
+    # the selectors' transform hands on C-contiguous float64 columns: these bytes
     return _fit_score(est, Xv[np.ix_(tr, cols)], y[tr], Xv[np.ix_(te, cols)])
 
 
@@ -255,37 +273,35 @@ def _fold_cold(est, tr: np.ndarray, te: np.ndarray, *, Xv: np.ndarray, names: np
     return _cold_job(est, Xv, names, y, tr, te)
 
 
-def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, fast: bool,
+def _run_folds(pipeline, data: dict, n_features: int, folds, *, scheme: str, fast: bool,
                n_jobs: int, show: bool, desc: str, backend: str = "local", address: str | None = None):
     """Every fold's scores; returns (rows, selection counts, number of fits).
 
-    Folds run in ``n_jobs`` threads here, or on the Dask cluster at ``address``
-    (``backend="dask"``, the data sent to every worker once): the same numbers either way.
+    ``data``: ``Xv`` (cases x features, float64), ``names`` (the columns) and ``y``, as
+    :func:`radiodeep.execution.shared_values` gives them (sent to the cluster once). Folds run
+    in ``n_jobs`` threads here, or on the Dask cluster at ``address`` (``backend="dask"``), the
+    shared leave-one-out selection too (one task): the same numbers either way.
     """
-    names = np.asarray([str(c) for c in X.columns], dtype=object)
-    Xv = X.to_numpy(dtype=np.float64)
-    counts = np.zeros(len(names), dtype=np.int64)
+    counts = np.zeros(n_features, dtype=np.int64)
     n_fits = 0
     have_mask = True
     use_fast = fast and scheme == "loo" and _supports_fast_loo(pipeline)
+    where = {"backend": backend, "address": address}
 
     metas: list = []
     if use_fast:
-        selector = pipeline.steps[0][1]
         rest = pipeline[1:]
-        fitted = selector.loo_fits(pd.DataFrame(Xv, columns=names), y)
-        fn, shared = _fold_fast, {"Xv": Xv, "y": y}
+        supports = next(map_calls(_loo_supports, [(clone(pipeline.steps[0][1]),)], shared=data, **where))
+        fn, shared = _fold_fast, {"Xv": data["Xv"], "y": data["y"]}
 
         def calls():
-            for (rep, fold, tr, te), sel in zip(folds, fitted):
-                support = np.asarray(sel.get_support(), dtype=bool)
-                if not support.any():
-                    raise ValueError("the selector kept no feature in a fold")
-                # the selectors' transform hands on C-contiguous float64 columns: these bytes
+            for (rep, fold, tr, te), cols in zip(folds, supports):
+                support = np.zeros(n_features, dtype=bool)
+                support[cols] = True
                 metas.append((rep, fold, te, support))
-                yield clone(rest), tr, te, np.flatnonzero(support)
+                yield clone(rest), tr, te, cols
     else:
-        fn, shared = _fold_cold, {"Xv": Xv, "names": names, "y": y}
+        fn, shared = _fold_cold, data
 
         def calls():
             for rep, fold, tr, te in folds:
@@ -295,7 +311,7 @@ def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, 
     rows = []
     # threads locally: the trees, SVMs and distance kernels release the GIL, and threads need no
     # fresh interpreter (importing scipy/sklearn costs seconds) nor copies of the data
-    out = map_calls(fn, calls(), shared=shared, n_jobs=n_jobs or 1, backend=backend, address=address)
+    out = map_calls(fn, calls(), shared=shared, n_jobs=n_jobs or 1, **where)
     results = ((metas[i], r) for i, r in enumerate(out))
     for (rep, fold, te, support), (score, pred, mask) in _progress(
             results, total=len(folds), desc=desc, enabled=show):
@@ -309,6 +325,51 @@ def _run_folds(pipeline, X: pd.DataFrame, y: np.ndarray, folds, *, scheme: str, 
         for j, i in enumerate(te):
             rows.append((i, float(score[j]), int(pred[j]), fold, rep))
     return rows, (counts if have_mask else None), n_fits
+
+
+# --------------------------------------------------------------------------- permutations
+def _permuted_labels(y: np.ndarray, cfg, folds):
+    """Each permutation's labels, in order, from one generator seeded with ``cfg.seed`` (external:
+    the training cases' labels only). Drawn one at a time: never all held at once."""
+    rng = np.random.default_rng(cfg.seed)
+    tr = folds[0][2] if cfg.scheme == "external" else None
+    for _ in range(cfg.permutations):
+        if tr is None:
+            yield (rng.permutation(y),)
+        else:
+            yp = y.copy()
+            yp[tr] = rng.permutation(yp[tr])
+            yield (yp,)
+
+
+def _permutation_auc(yp: np.ndarray, *, cfg, fast: bool, pipeline, Xv: np.ndarray, names: np.ndarray,
+                     y: np.ndarray, folds) -> float:
+    """One permutation of the label-permutation test: the whole evaluation with the labels
+    ``yp``, its folds one after the other in this process (a Dask worker with
+    ``backend="dask"``); its pooled AUC (for external, against the true test labels).
+
+    ``folds``: the external scheme's (fixed) split; otherwise None, the folds are drawn here from
+    ``yp`` as the client would draw them (:func:`_folds` is deterministic).
+    """
+    external = cfg.scheme == "external"
+    pf = folds if external else _folds(cfg, yp, None, None)
+    rows, _, _ = _run_folds(pipeline, {"Xv": Xv, "names": names, "y": yp}, len(names), pf,
+                            scheme=cfg.scheme, fast=fast, n_jobs=1, show=False, desc="")
+    return _pooled_auc(rows, y if external else yp)
+
+
+def _null_aucs(pipeline, data: dict, y: np.ndarray, cfg, folds, fast: bool, n_jobs: int, show: bool,
+               desc: str, backend: str = "local", address: str | None = None) -> np.ndarray:
+    """The permutations' pooled AUCs, in order: each permutation one call (``n_jobs`` threads
+    here, or one task on the Dask cluster), the data and the pipeline sent to it once."""
+    where = {"backend": backend, "address": address}
+    fixed = folds if cfg.scheme == "external" else None
+    with shared_values({"pipeline": pipeline, "folds": fixed}, **where) as more:
+        out = map_calls(partial(_permutation_auc, cfg=cfg, fast=fast), _permuted_labels(y, cfg, folds),
+                        shared={**data, **more}, n_jobs=n_jobs or 1, n_calls=cfg.permutations, **where)
+        null = np.fromiter(_progress(out, total=cfg.permutations, desc=f"{desc} permutations", enabled=show),
+                           dtype=np.float64, count=cfg.permutations)
+    return null
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -376,9 +437,13 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
 
 
 def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast, where):
-    rows, counts, n_fits = _run_folds(pipeline, X, y_arr, folds, scheme=cfg.scheme, fast=fast,
-                                      n_jobs=n_jobs, show=progress, desc=desc, **where)
     names = np.asarray([str(c) for c in X.columns], dtype=object)
+    # sent to the cluster once for the folds and every permutation (backend dask)
+    with shared_values({"Xv": X.to_numpy(dtype=np.float64), "names": names, "y": y_arr}, **where) as data:
+        rows, counts, n_fits = _run_folds(pipeline, data, len(names), folds, scheme=cfg.scheme, fast=fast,
+                                          n_jobs=n_jobs, show=progress, desc=desc, **where)
+        null = (_null_aucs(pipeline, data, y_arr, cfg, folds, fast, n_jobs, progress, desc, **where)
+                if cfg.permutations else None)
 
     case_ids = X.index.to_numpy()
     pred = pd.DataFrame(rows, columns=["row", "score", "y_pred", "fold", "repeat"])
@@ -394,23 +459,7 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
     }, columns=PREDICTION_COLUMNS)
     metrics = _summarise(predictions, cfg.ci_level)
 
-    null = None
-    if cfg.permutations:
-        rng = np.random.default_rng(cfg.seed)
-        null = np.empty(cfg.permutations)
-        for b in _progress(range(cfg.permutations), total=cfg.permutations,
-                           desc=f"{desc} permutations", enabled=progress):
-            yp = y_arr.copy()
-            if cfg.scheme == "external":
-                tr = folds[0][2]
-                yp[tr] = rng.permutation(yp[tr])
-                pf = folds
-            else:
-                yp = rng.permutation(yp)
-                pf = _folds(cfg, yp, X.index, split)
-            prow, _, _ = _run_folds(pipeline, X, yp, pf, scheme=cfg.scheme, fast=fast,
-                                    n_jobs=n_jobs, show=False, desc=desc, **where)
-            null[b] = _pooled_auc(prow, y_arr if cfg.scheme == "external" else yp)
+    if null is not None:
         observed = metrics["auc"]
         metrics["perm_p"] = float((1 + np.sum(null >= observed)) / (1 + cfg.permutations))
         metrics["perm_n"] = int(cfg.permutations)

@@ -47,13 +47,14 @@ import traceback
 import uuid
 from collections import deque
 from functools import partial
+from itertools import islice
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .progress import progress as progress_bar
 
-__all__ = ["map_cases", "map_calls", "cap_threads", "WorkerDied", "BACKENDS"]
+__all__ = ["map_cases", "map_calls", "shared_values", "cap_threads", "WorkerDied", "BACKENDS"]
 
 log = logging.getLogger(__name__)
 
@@ -516,22 +517,51 @@ def _map_dask(func, items, address: str):
 
 
 # --------------------------------------------------------------------------- calls (folds)
+@contextlib.contextmanager
+def shared_values(values: dict, *, backend: str = "local", address: str | None = None):
+    """``values`` (the feature matrix, the labels, ...) for several :func:`map_calls` rounds.
+
+    Yields a dict to pass as ``map_calls(..., shared=...)`` (whole or a subset): the values
+    themselves locally; on Dask, each value sent to the cluster once (a worker fetches it once,
+    however many rounds and calls use it), released when the block ends.
+    """
+    if backend != "dask":
+        yield dict(values)
+        return
+    if not address:
+        raise ValueError("the dask backend needs a scheduler address (e.g. tcp://scheduler:8786)")
+    from .cluster import client_for
+
+    client = client_for(address)
+    remote = {k: _shared(client, v) for k, v in values.items()}
+    try:
+        yield remote
+    finally:
+        for f in remote.values():
+            with contextlib.suppress(Exception):
+                f.release()
+
+
 def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = None, n_jobs: int = 1,
-              backend: str = "local", address: str | None = None) -> Iterator[Any]:
+              backend: str = "local", address: str | None = None,
+              n_calls: int | None = None) -> Iterator[Any]:
     """``fn(*args, **shared)`` for every ``args`` of ``calls``, results *in order*.
 
-    The evaluation's folds: ``shared`` (the feature matrix, the labels) is passed to every
-    call as is in this process, and sent to every Dask worker once (``backend="dask"``).
-    ``n_jobs`` > 1 runs local calls in threads (the estimators release the GIL; no copies).
-    Exceptions propagate, as from a plain call. On Dask the calls travel in chunks (a few per
-    task slot: a fold may be milliseconds of work), each call with one BLAS thread, as the
-    evaluation runs its local folds, so the numbers are the same.
+    The evaluation's folds and permutations: ``shared`` (the feature matrix, the labels) is
+    passed to every call as is in this process, and sent to every Dask worker once
+    (``backend="dask"``; values from :func:`shared_values` are already there and are used as
+    they are). ``n_jobs`` > 1 runs local calls in threads (the estimators release the GIL; no
+    copies); local calls are drawn from ``calls`` as they run. Exceptions propagate, as from a
+    plain call. On Dask the calls travel in chunks (a few per task slot: a fold may be
+    milliseconds of work), each call with one BLAS thread, as the evaluation runs its local
+    folds, so the numbers are the same; ``n_calls`` (the number of calls, when ``calls`` is a
+    generator) lets the chunks be drawn from it one at a time instead of all calls held at once.
     """
     shared = dict(shared or {})
     if backend == "dask":
         if not address:
             raise ValueError("the dask backend needs a scheduler address (e.g. tcp://scheduler:8786)")
-        yield from _calls_dask(fn, calls, shared, address)
+        yield from _calls_dask(fn, calls, shared, address, n_calls)
         return
     if n_jobs == 1:
         for args in calls:
@@ -551,22 +581,28 @@ def _run_chunk(fn, chunk, **shared):
         return [fn(*args, **shared) for args in chunk]
 
 
-def _calls_dask(fn, calls, shared, address):
+def _calls_dask(fn, calls, shared, address, n_calls=None):
+    from distributed import Future
+
     from .cluster import client_for
 
     client = client_for(address, [_module_of(fn)])
-    calls = list(calls)
+    if n_calls is None:
+        calls = list(calls)
+        n_calls = len(calls)
     slots = max(1, _slots(client))
     # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip
-    size = max(1, -(-len(calls) // (4 * slots)))
-    chunks = [calls[i:i + size] for i in range(0, len(calls), size)]
-    remote = {k: _shared(client, v) for k, v in shared.items()}
+    size = max(1, -(-n_calls // (4 * slots)))
+    own = {k: _shared(client, v) for k, v in shared.items() if not isinstance(v, Future)}
+    remote = {**shared, **own}
     futs: deque = deque()
     try:
-        for chunk in chunks:
+        it = iter(calls)
+        del calls
+        while chunk := list(islice(it, size)):  # each chunk dropped once submitted
             futs.append(client.submit(_run_chunk, fn, chunk, pure=False, retries=1,
                                       key=_keys("call", 1)[0], **remote))
-        del calls, chunks
+        del chunk
         while futs:
             fut = futs.popleft()
             results = fut.result()  # raises the call's exception, as a plain call would
@@ -576,6 +612,6 @@ def _calls_dask(fn, calls, shared, address):
         if futs:
             with contextlib.suppress(Exception):
                 client.cancel(list(futs))
-        for f in remote.values():
+        for f in own.values():
             with contextlib.suppress(Exception):
                 f.release()

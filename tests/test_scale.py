@@ -109,35 +109,82 @@ def _xy(n=24, p=12, seed=0):
     return X, y
 
 
-@pytest.mark.parametrize("scheme", ["loo", "repeated_kfold"])
-def test_evaluation_folds_and_permutations_run_on_the_cluster_with_the_same_predictions(cluster, scheme):
-    from radiodeep.config import ExperimentConfig
-    from radiodeep.experiment import build_pipeline
+def _ran(stream, prefix="radiodeep-call"):
+    return [t for t in stream.buffer if str(t["key"]).startswith(prefix)]
 
-    X, y = _xy()
-    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
-                                           "select": {"method": "relieff", "k": 3},
-                                           "classifier": {"name": "random_forest", "n_estimators": 10}})
-    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
-    cfg = EvaluationConfig(scheme=scheme, folds=3, repeats=2, permutations=2)
-    local = evaluate(pipe, X, y, cfg, experiment="e", n_jobs=2)
+
+def _task_stream(cluster):
     from distributed.diagnostics.task_stream import TaskStreamPlugin
 
     stream = TaskStreamPlugin(cluster.scheduler)  # the scheduler runs in this process
     cluster.scheduler.add_plugin(stream)
+    return stream
+
+
+@pytest.mark.parametrize("scheme,method", [("loo", "relieff"), ("loo", "su"), ("repeated_kfold", "relieff"),
+                                           ("external", "su")])
+def test_evaluation_folds_and_permutations_run_on_the_cluster_with_the_same_results(cluster, scheme, method):
+    """The folds, the shared LOO selection and every permutation on the workers: the same
+    predictions, null AUCs (bit for bit) and permutation p-value as local threads."""
+    from radiodeep.config import ExperimentConfig
+    from radiodeep.experiment import build_pipeline
+
+    X, y = _xy()
+    split = pd.Series(np.where(np.arange(len(y)) < 16, "train", "test"), index=y.index)
+    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
+                                           "select": {"method": method, "k": 3},
+                                           "classifier": {"name": "random_forest", "n_estimators": 10}})
+    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+    n_perm = 5
+    cfg = EvaluationConfig(scheme=scheme, folds=3, repeats=2, permutations=n_perm, seed=5)
+    local = evaluate(pipe, X, y, cfg, experiment="e", split=split, n_jobs=2)
+    stream = _task_stream(cluster)
     try:
-        remote = evaluate(pipe, X, y, cfg, experiment="e", backend="dask", address=cluster.scheduler_address)
+        remote = evaluate(pipe, X, y, cfg, experiment="e", split=split, backend="dask",
+                          address=cluster.scheduler_address)
     finally:
         cluster.scheduler.remove_plugin(name=stream.name)
-    n_folds = len(y) if scheme == "loo" else 3 * 2
-    ran = [t for t in stream.buffer if str(t["key"]).startswith("radiodeep-call")]
-    # the folds and both permutations' folds, in chunks of a few folds (2 slots: 8 chunks a run)
-    assert len(ran) == 3 * min(n_folds, 8)
+    n_folds = {"loo": len(y), "repeated_kfold": 3 * 2, "external": 1}[scheme]
+    ran = _ran(stream)
+    # the folds in chunks of a few (2 slots: at most 8 chunks), the shared LOO selection as one
+    # task, then the permutations as tasks of their own (not a round of fold tasks each)
+    assert len(ran) == min(n_folds, 8) + (scheme == "loo") + n_perm
     assert len({t["worker"] for t in ran}) == 2  # on both workers
+    # the data went to the cluster once: the matrix, the names, the labels; pipeline and folds
+    assert len(_ran(stream, "radiodeep-shared")) == 5
     pd.testing.assert_frame_equal(local.predictions, remote.predictions, check_exact=True)
     assert local.metrics == remote.metrics
+    assert remote.metrics["perm_n"] == n_perm and remote.metrics["perm_p"] == local.metrics["perm_p"]
     assert local.null_aucs.tobytes() == remote.null_aucs.tobytes()
+    assert len(set(local.null_aucs.tolist())) > 1  # a real distribution, not one value repeated
     pd.testing.assert_series_equal(local.selection_frequency, remote.selection_frequency)
+
+
+def test_the_shared_loo_selection_runs_on_a_worker_not_in_the_client(cluster):
+    """``loo_fits`` (ReliefF over all folds: O(n^2 p)) runs in a worker process with backend
+    dask, for the folds and for each permutation; the client only gets the supports back."""
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import Pipeline
+
+    import scale_helpers
+    from radiodeep.cluster import client_for
+
+    X, y = _xy()
+    pipe = Pipeline([("select", scale_helpers.CountingReliefF(k=3)), ("clf", GaussianNB())])
+    client = client_for(cluster.scheduler_address)
+
+    def on_workers():
+        return sum(client.run(scale_helpers.loo_calls).values())
+
+    cfg = EvaluationConfig(scheme="loo", permutations=3)
+    before_client, before_workers = scale_helpers.loo_calls(), on_workers()
+    local = evaluate(pipe, X, y, cfg, experiment="e")
+    assert scale_helpers.loo_calls() == before_client + 4  # locally: in this process, 1 + 3 permutations
+    remote = evaluate(pipe, X, y, cfg, experiment="e", backend="dask", address=cluster.scheduler_address)
+    assert scale_helpers.loo_calls() == before_client + 4  # nothing more in the client
+    assert on_workers() == before_workers + 4
+    pd.testing.assert_frame_equal(local.predictions, remote.predictions, check_exact=True)
+    assert local.null_aucs.tobytes() == remote.null_aucs.tobytes()
 
 
 def test_a_study_with_backend_dask_and_a_started_cluster_matches_a_local_run(tmp_path):
