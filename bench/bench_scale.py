@@ -16,7 +16,10 @@ Prints, in one run:
     client alone);
   * the leave-one-out folds of one experiment (SU top-5 + naive Bayes on a synthetic table, so the
     folds themselves are cheap): seconds and per-fold overhead, client peak memory, identical
-    predictions.
+    predictions;
+  * one experiment's permutation test (ReliefF top-5 + naive Bayes, LOO, 200 permutations; 100
+    under ``--quick``): local threads vs Dask, where each permutation is one task running its
+    shared LOO selection and folds on a worker: seconds, client peak memory, identical null AUCs.
 
 The machine's load average is printed with the figures: on a shared machine they are pessimistic
 and noisy. Not a timed test: it prints figures and never fails on them.
@@ -248,6 +251,84 @@ def bench_loo(sizes, processes: int, cluster: "Cluster"):
         print(f"   {n:6d} folds: " + "   ".join(row) + f"   identical predictions: {same}")
 
 
+# --------------------------------------------------------------------------- permutations
+def bench_permutations(n: int, n_perm: int, processes: int, cluster: "Cluster"):
+    """One experiment's label-permutation test: local threads vs the Dask cluster, where each
+    permutation is one task (its shared LOO selection and folds run on the worker)."""
+    import numpy as np
+    import pandas as pd
+
+    from radiodeep.config import EvaluationConfig, ExperimentConfig
+    from radiodeep.evaluation import evaluate
+    from radiodeep.experiment import build_pipeline
+
+    print(f"\n== permutation test of one experiment (ReliefF top-5 + naive Bayes, LOO, {n} cases x 50 "
+          f"features, {n_perm} permutations) [{load()}]")
+    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
+                                           "select": {"method": "relieff", "k": 5}, "classifier": "naive_bayes"})
+    rng = np.random.default_rng(0)
+    y = pd.Series(np.arange(n) % 2, index=[f"c{i:05d}" for i in range(n)])
+    X = pd.DataFrame(rng.normal(size=(n, 50)), index=y.index, columns=[f"f{j}" for j in range(50)])
+    X["f0"] += 1.5 * y  # two informative features
+    X["f1"] -= 1.5 * y
+    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+    cfg = EvaluationConfig(scheme="loo", permutations=n_perm)
+    from radiodeep.cluster import client_for
+
+    t = time.perf_counter()
+    client_for(cluster.address, ["radiodeep.evaluation"])  # what the first evaluation would do
+    print(f"   workers set up for the evaluation in {time.perf_counter() - t:.1f} s (once per cluster; "
+          "not counted below)")
+    out, secs, row = {}, {}, []
+    for name, kw in (("local", {"n_jobs": processes}),
+                     ("dask", {"backend": "dask", "address": cluster.address})):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            out[name] = evaluate(pipe, X, y, cfg, experiment="e", **kw)
+            secs[name] = time.perf_counter() - t
+        row.append(f"{name} {secs[name]:6.1f} s = {1000 * secs[name] / n_perm:5.0f} ms/permutation, "
+                   f"client +{mem.growth:5.1f} MB")
+    a, b = out["local"], out["dask"]
+    same = a.null_aucs.tobytes() == b.null_aucs.tobytes() and a.metrics == b.metrics
+    print("   " + "   ".join(row) + f"   Dask/local throughput {secs['local'] / secs['dask']:4.2f}")
+    print(f"   identical null AUCs and p-value: {same} (perm_p {b.metrics['perm_p']:.4f}, null mean "
+          f"{b.metrics['perm_null_auc_mean']:.3f}, observed AUC {b.metrics['auc']:.3f})  [{load()}]")
+
+
+
+def bench_many_permutations(n_perm: int, processes: int, cluster: "Cluster", n: int = 2000):
+    """Many cheap permutations (external split, one fit each): client memory stays flat, as the
+    permuted labels are drawn a chunk of tasks at a time."""
+    import numpy as np
+    import pandas as pd
+
+    from radiodeep.config import EvaluationConfig, ExperimentConfig
+    from radiodeep.evaluation import evaluate
+    from radiodeep.experiment import build_pipeline
+
+    print(f"\n== {n_perm} cheap permutations (external split {n // 2}/{n // 2} cases, SU top-2 + naive Bayes, "
+          f"one fit each): client memory [{load()}]")
+    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
+                                           "select": {"method": "su", "k": 2}, "classifier": "naive_bayes"})
+    rng = np.random.default_rng(1)
+    y = pd.Series(np.arange(n) % 2, index=[f"c{i:05d}" for i in range(n)])
+    X = pd.DataFrame(rng.normal(size=(n, 5)), index=y.index, columns=[f"f{j}" for j in range(5)])
+    X["f0"] += y
+    split = pd.Series(np.where(np.arange(n) < n // 2, "train", "test"), index=y.index)
+    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+    cfg = EvaluationConfig(scheme="external", permutations=n_perm)
+    out, row = {}, []
+    for name, kw in (("local", {"n_jobs": processes}),
+                     ("dask", {"backend": "dask", "address": cluster.address})):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            out[name] = evaluate(pipe, X, y, cfg, experiment="e", split=split, **kw)
+            s = time.perf_counter() - t
+        row.append(f"{name} {s:6.1f} s = {1000 * s / n_perm:5.2f} ms/permutation, client +{mem.growth:5.1f} MB")
+    same = out["local"].null_aucs.tobytes() == out["dask"].null_aucs.tobytes()
+    print("   " + "   ".join(row) + f"   identical null AUCs: {same}  (all {n_perm} label vectors: "
+          f"{n_perm * n * 8 / 2**20:.0f} MB)")
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -255,7 +336,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="worker processes on each backend")
     ap.add_argument("--reps", type=int, default=1, help="runs of each extraction (the best is shown)")
     ap.add_argument("--ablate", action="store_true", help="also Dask without radiodeep's worker set-up")
-    ap.add_argument("--only", choices=["extract", "tasks", "loo"], help="one part only")
+    ap.add_argument("--only", choices=["extract", "tasks", "loo", "perm"], help="one part only")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -278,6 +359,9 @@ def main() -> None:
             bench_tasks([1000, 10000], P, cluster)
         if args.only in (None, "loo"):
             bench_loo([100, 400] if args.quick else [200, 1000], P, cluster)
+        if args.only in (None, "perm"):
+            bench_permutations(60 if args.quick else 100, 100 if args.quick else 200, P, cluster)
+            bench_many_permutations(2000 if args.quick else 10000, P, cluster)
     finally:
         cluster.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -361,12 +361,14 @@ def _permutation_auc(yp: np.ndarray, *, cfg, fast: bool, pipeline, Xv: np.ndarra
 def _null_aucs(pipeline, data: dict, y: np.ndarray, cfg, folds, fast: bool, n_jobs: int, show: bool,
                desc: str, backend: str = "local", address: str | None = None) -> np.ndarray:
     """The permutations' pooled AUCs, in order: each permutation one call (``n_jobs`` threads
-    here, or one task on the Dask cluster), the data and the pipeline sent to it once."""
+    here, or on the Dask cluster, in tasks of a few permutations: a permutation is a whole
+    evaluation, so finer than folds), the data and the pipeline sent to each worker once."""
     where = {"backend": backend, "address": address}
     fixed = folds if cfg.scheme == "external" else None
     with shared_values({"pipeline": pipeline, "folds": fixed}, **where) as more:
         out = map_calls(partial(_permutation_auc, cfg=cfg, fast=fast), _permuted_labels(y, cfg, folds),
-                        shared={**data, **more}, n_jobs=n_jobs or 1, n_calls=cfg.permutations, **where)
+                        shared={**data, **more}, n_jobs=n_jobs or 1, n_calls=cfg.permutations,
+                        chunks_per_slot=16, **where)
         null = np.fromiter(_progress(out, total=cfg.permutations, desc=f"{desc} permutations", enabled=show),
                            dtype=np.float64, count=cfg.permutations)
     return null

@@ -544,7 +544,7 @@ def shared_values(values: dict, *, backend: str = "local", address: str | None =
 
 def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = None, n_jobs: int = 1,
               backend: str = "local", address: str | None = None,
-              n_calls: int | None = None) -> Iterator[Any]:
+              n_calls: int | None = None, chunks_per_slot: int = 4) -> Iterator[Any]:
     """``fn(*args, **shared)`` for every ``args`` of ``calls``, results *in order*.
 
     The evaluation's folds and permutations: ``shared`` (the feature matrix, the labels) is
@@ -554,14 +554,15 @@ def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = Non
     copies); local calls are drawn from ``calls`` as they run. Exceptions propagate, as from a
     plain call. On Dask the calls travel in chunks (a few per task slot: a fold may be
     milliseconds of work), each call with one BLAS thread, as the evaluation runs its local
-    folds, so the numbers are the same; ``n_calls`` (the number of calls, when ``calls`` is a
-    generator) lets the chunks be drawn from it one at a time instead of all calls held at once.
+    folds, so the numbers are the same; ``chunks_per_slot`` sets how finely (more: better balance
+    for longer calls, such as whole permutations). ``n_calls`` (the number of calls, when ``calls``
+    is a generator) lets the chunks be drawn from it one at a time, not all calls held at once.
     """
     shared = dict(shared or {})
     if backend == "dask":
         if not address:
             raise ValueError("the dask backend needs a scheduler address (e.g. tcp://scheduler:8786)")
-        yield from _calls_dask(fn, calls, shared, address, n_calls)
+        yield from _calls_dask(fn, calls, shared, address, n_calls, chunks_per_slot)
         return
     if n_jobs == 1:
         for args in calls:
@@ -581,7 +582,7 @@ def _run_chunk(fn, chunk, **shared):
         return [fn(*args, **shared) for args in chunk]
 
 
-def _calls_dask(fn, calls, shared, address, n_calls=None):
+def _calls_dask(fn, calls, shared, address, n_calls=None, chunks_per_slot=4):
     from distributed import Future
 
     from .cluster import client_for
@@ -592,21 +593,30 @@ def _calls_dask(fn, calls, shared, address, n_calls=None):
         n_calls = len(calls)
     slots = max(1, _slots(client))
     # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip
-    size = max(1, -(-n_calls // (4 * slots)))
+    size = max(1, -(-n_calls // (max(1, chunks_per_slot) * slots)))
     own = {k: _shared(client, v) for k, v in shared.items() if not isinstance(v, Future)}
     remote = {**shared, **own}
     futs: deque = deque()
-    try:
-        it = iter(calls)
-        del calls
-        while chunk := list(islice(it, size)):  # each chunk dropped once submitted
+    it = iter(calls)
+    del calls
+
+    def submit_next() -> bool:  # the next chunk, drawn from the calls only now
+        chunk = list(islice(it, size))
+        if chunk:
             futs.append(client.submit(_run_chunk, fn, chunk, pure=False, retries=1,
                                       key=_keys("call", 1)[0], **remote))
-        del chunk
+        return bool(chunk)
+
+    try:
+        # a window of chunks in flight (every slot busy and a queue): the calls drawn and the
+        # results held stay bounded however many calls (e.g. 10,000 permutations)
+        while len(futs) < 4 * slots and submit_next():
+            pass
         while futs:
             fut = futs.popleft()
             results = fut.result()  # raises the call's exception, as a plain call would
             fut.release()
+            submit_next()
             yield from results
     finally:
         if futs:

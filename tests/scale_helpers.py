@@ -19,3 +19,8 @@ class CountingReliefF(ReliefF):
 def loo_calls() -> int:
     """This process's count (``client.run(loo_calls)`` asks every worker)."""
     return LOO_CALLS["n"]
+
+
+def offset(a, *, b):
+    """A trivial call for map_calls: ``a + b`` (``b`` shared)."""
+    return a + b

@@ -187,6 +187,28 @@ def test_the_shared_loo_selection_runs_on_a_worker_not_in_the_client(cluster):
     assert local.null_aucs.tobytes() == remote.null_aucs.tobytes()
 
 
+def test_many_calls_are_drawn_a_window_at_a_time_on_dask(cluster):
+    """The client draws the calls (e.g. permuted label vectors) as chunks are submitted, never all
+    at once, and the results still come back in order."""
+    import scale_helpers
+    from radiodeep.execution import map_calls
+
+    drawn = []
+
+    def calls():
+        for i in range(400):
+            drawn.append(i)
+            yield (i,)
+
+    out = map_calls(scale_helpers.offset, calls(), shared={"b": 1000}, backend="dask",
+                    address=cluster.scheduler_address, n_calls=400, chunks_per_slot=16)
+    first = next(out)
+    # 2 slots: chunks of 13 calls, 8 chunks in flight (+1 drawn as the first is taken)
+    assert len(drawn) <= 9 * 13 < 400
+    assert [first, *out] == [i + 1000 for i in range(400)]
+    assert len(drawn) == 400
+
+
 def test_a_study_with_backend_dask_and_a_started_cluster_matches_a_local_run(tmp_path):
     """`execution.cluster` starts a cluster for the run: extraction and evaluation on it, the same
     bytes in every table as a local run; the written config keeps `cluster`, not an address."""
