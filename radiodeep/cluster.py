@@ -2,7 +2,7 @@
 
 * :func:`client_for` gives one :class:`distributed.Client` per scheduler address for the
   whole process (connecting costs a round trip and a handshake; the evaluation calls the
-  cluster once per permutation) and registers :class:`WorkerSetup` on its workers.
+  cluster several times per experiment) and registers :class:`WorkerSetup` on its workers.
 * :class:`WorkerSetup`, a worker plugin, makes a Dask worker look like a local worker: the
   same thread caps (:func:`radiodeep.execution.cap_threads`: ITK, torch intra-op,
   BLAS/OpenMP), radiodeep's heavy modules imported once when the worker starts (the mapped

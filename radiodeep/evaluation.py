@@ -25,6 +25,11 @@ The pairwise DeLong tests of :func:`pairwise_delong` use the same pooled AUCs.
 AUC with DeLong's 95% interval, accuracy, balanced accuracy, sensitivity and
 specificity with Wilson intervals, the confusion matrix; an opt-in label-permutation test
 (``EvaluationConfig.permutations``); how often each feature was selected over the fits.
+
+Where the work runs: folds in ``n_jobs`` threads, or in chunks of a few on the Dask workers; the
+leave-one-out shared selection where the folds run (one Dask task); each permutation one call (a
+thread, or on Dask a task running that permutation's folds one after the other), its labels drawn
+here, in order, from one generator seeded with ``seed``: the same null AUCs on either backend.
 """
 
 from __future__ import annotations
@@ -397,9 +402,10 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
     ``split`` (case id -> split name) is needed by the external scheme. The pipeline is cloned and
     refitted in every fold, so no information from a test case reaches its model. ``n_jobs`` > 1
     fits folds in parallel threads (same results: e.g. ``config.execution.n_jobs``);
-    ``backend="dask"`` runs the folds and the permutations' folds on the Dask cluster at
-    ``address`` (same results; ``dask_address=A`` is short for ``backend="dask", address=A``),
-    the learned routes' training folds included;
+    ``backend="dask"`` runs the folds (the learned routes' training folds included), the shared
+    leave-one-out selection and the permutations (a task each: its whole evaluation) on the Dask
+    cluster at ``address``, the data sent to each worker once (same results; ``dask_address=A`` is
+    short for ``backend="dask", address=A``);
     ``fast=False`` turns off the shared leave-one-out selection path (same results, slower).
     ``progress`` shows a per-fold progress bar. Raises ``ValueError`` when the experiment cannot
     run (too few cases of a class, k above the number of features, missing values, ...).
