@@ -9,6 +9,10 @@ Prints, in one run:
     ``n_jobs: P`` local workers and for ``backend: dask`` on a ``LocalCluster`` of P processes of
     one thread each (started beforehand, as a real cluster would be), the throughput ratio
     Dask/local, and whether the feature CSVs are byte-identical;
+  * deep extraction (EfficientNet-Lite0's ImageNet penultimate layer, every ROI slice, 40
+    phantom cases): local workers cropping for this process's network against Dask workers
+    that each run the network; with the default threads and with ``threads: 1`` (the same
+    threads on both: byte-identical features);
   * with ``--ablate``, the same Dask run without radiodeep's worker set-up (ITK/BLAS not capped,
     Dask's profiler on): the gap the issue measured;
   * trivial tasks (1,000 and 10,000): per-task overhead on each backend and the client's peak
@@ -19,7 +23,9 @@ Prints, in one run:
     predictions;
   * one experiment's permutation test (ReliefF top-5 + naive Bayes, LOO, 200 permutations; 100
     under ``--quick``): local threads vs Dask, where each permutation is one task running its
-    shared LOO selection and folds on a worker: seconds, client peak memory, identical null AUCs.
+    shared LOO selection and folds on a worker: seconds, client peak memory, identical null AUCs;
+    and 10,000 cheap permutations (2,000 under ``--quick``; external split, one fit each): the
+    client's peak memory stays flat, the permuted labels drawn a window of tasks at a time.
 
 The machine's load average is printed with the figures: on a shared machine they are pessimistic
 and noisy. Not a timed test: it prints figures and never fails on them.
@@ -202,6 +208,57 @@ def fmt(xs) -> str:
     return "/".join(f"{x:.1f}" for x in xs)
 
 
+# --------------------------------------------------------------------------- deep extraction
+def deep_once(work: Path, manifest: Path, out: str, execution: dict, threads) -> tuple[float, object]:
+    from radiodeep.config import parse_config
+    from radiodeep.pipeline import run
+
+    shutil.rmtree(work / out, ignore_errors=True)
+    data = {"name": "bench-scale-deep",
+            "cohort": {"manifest": str(manifest), "positive_label": "short"},
+            "roi": {"slice": "all"},
+            "features": {"deep": {"backbone": "efficientnet_lite0", "layer": "penultimate",
+                                  "device": "cpu", "threads": threads}},
+            "output": str(work / out),
+            "execution": {"progress": False, "cache_dir": str(work / out / "cache"), **execution}}
+    t = time.perf_counter()
+    run(parse_config(data, base_dir=work), only="extract")
+    seconds = time.perf_counter() - t
+    import pandas as pd
+
+    return seconds, pd.read_csv(work / out / "features_deep.csv", index_col=0)
+
+
+def bench_deep(work: Path, n: int, processes: int, cluster: "Cluster"):
+    """The deep route: locally, P workers crop while this process runs the network; on Dask each
+    worker crops and runs its cases through its own network."""
+    import numpy as np
+
+    from radiodeep.cluster import client_for
+    from radiodeep.synth import make_cohort
+
+    print(f"\n== deep extraction: EfficientNet-Lite0 ImageNet penultimate, every ROI slice, CPU, {n} cases "
+          f"[{load()}]")
+    t = time.perf_counter()
+    client_for(cluster.address, ["radiodeep.features.deep"])
+    print(f"   Dask workers set up for the deep route in {time.perf_counter() - t:.1f} s (once per cluster)")
+    manifest = make_cohort(work / f"deep{n}", n_cases=n, seed=1)
+    res = {}
+    for threads in (None, 1):
+        for name, kw in (("local", {"n_jobs": processes}),
+                         ("dask", {"backend": "dask", "address": cluster.address})):
+            res[name, threads] = deep_once(work, manifest, f"deep-{name}-{threads}", kw, threads)
+    for threads in (None, 1):
+        (lt, a), (dt, b) = res["local", threads], res["dask", threads]
+        same = a.to_numpy().tobytes() == b.to_numpy().tobytes() and list(a.columns) == list(b.columns)
+        diff = float(np.max(np.abs(a.to_numpy() - b.to_numpy())) / np.max(np.abs(a.to_numpy())))
+        what = ("threads: null (local: this process's default threads; Dask: the worker's cap)"
+                if threads is None else "threads: 1 (the network on one thread everywhere)")
+        print(f"   {what}\n      local {lt:6.1f} s ({n / lt:5.2f} cases/s)   dask {dt:6.1f} s ({n / dt:5.2f} "
+              f"cases/s)   Dask/local throughput {lt / dt:4.2f}   features byte-identical: {same}"
+              f"   largest difference {diff:.1e} of the largest value")
+
+
 # --------------------------------------------------------------------------- trivial tasks
 def bench_tasks(counts, processes: int, cluster: "Cluster"):
     from radiodeep.execution import map_cases
@@ -336,7 +393,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="worker processes on each backend")
     ap.add_argument("--reps", type=int, default=1, help="runs of each extraction (the best is shown)")
     ap.add_argument("--ablate", action="store_true", help="also Dask without radiodeep's worker set-up")
-    ap.add_argument("--only", choices=["extract", "tasks", "loo", "perm"], help="one part only")
+    ap.add_argument("--only", choices=["extract", "deep", "tasks", "loo", "perm"], help="one part only")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -355,6 +412,8 @@ def main() -> None:
     try:
         if args.only in (None, "extract"):
             bench_extraction(work, [40] if args.quick else [40, 200], P, args.reps, cluster, args.ablate)
+        if args.only in (None, "deep"):
+            bench_deep(work, 40, P, cluster)
         if args.only in (None, "tasks"):
             bench_tasks([1000, 10000], P, cluster)
         if args.only in (None, "loo"):

@@ -159,6 +159,45 @@ def test_batch_size_does_not_change_the_values(tmp_path, cohort_files):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_cases_values_do_not_depend_on_the_other_cases_or_the_workers(tmp_path, cohort_files):
+    """A case's crops go through the network in batches of their own: its values are the same
+    bits alone, beside other cases (whose crops once shared its batches), from cache-less worker
+    processes finishing in any order."""
+    from radiodeep.cohort import Cohort
+
+    deep = dict(roi_cfg={"slice": "all"}, batch_size=3, threads=1)  # 4 slices a case: 3 + 1
+    config, cohort = _setup(tmp_path / "all", cohort_files[0], **deep)
+    together = extract_deep(cohort, config, progress=False).features
+    alone_cfg, _ = _setup(tmp_path / "alone", cohort_files[0], **deep)
+    alone = extract_deep(Cohort([c for c in cohort.cases if c.case_id == "c1"]), alone_cfg,
+                         progress=False).features
+    assert together.loc[["c1"]].to_numpy().tobytes() == alone.to_numpy().tobytes()
+    workers_cfg, _ = _setup(tmp_path / "workers", cohort_files[0], execution={"n_jobs": 2}, **deep)
+    workers = extract_deep(cohort, workers_cfg, progress=False).features
+    assert together.to_numpy().tobytes() == workers.to_numpy().tobytes()
+
+
+def test_a_worker_that_reads_other_weights_fails_its_cases(tmp_path, cohort_files):
+    """On a Dask worker the network is loaded from the worker's own view of the weights file:
+    when that is not the file the client keyed, the case fails instead of computing other values."""
+    import dataclasses
+
+    from radiodeep.features.deep import _case_on_worker, settings_from_config
+
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    settings = settings_from_config(config)
+    case = cohort.cases[0]
+    out = _case_on_worker(case, settings)
+    assert out.loaded is not None and out.device == "cpu" and out.pooled["r"].shape == (512,)
+    again = _case_on_worker(case, settings)  # loaded once per worker process
+    assert again.loaded is None and again.pooled["r"].tobytes() == out.pooled["r"].tobytes()
+    other = dataclasses.replace(settings, weights={**settings.weights, "seed": 1})
+    with pytest.raises(RuntimeError, match="the workers must see the same files"):
+        _case_on_worker(case, other)
+    preview_only = _case_on_worker(case, settings, cached=frozenset({case.case_id}), keep_views=True)
+    assert preview_only.pooled is None and preview_only.views.views["r"].shape == (1, 3, 64, 64)
+
+
 def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
     config, cohort = _setup(tmp_path, cohort_files[1], **FAST)
     res = extract_deep(cohort, config, progress=False, previews=True)

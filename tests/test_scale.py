@@ -101,6 +101,42 @@ def test_extraction_is_byte_identical_on_both_backends(tmp_path, cluster):
         sorted(p.name for p in (tmp_path / "c2").rglob("*.npz"))
 
 
+def test_deep_features_run_through_the_network_on_the_workers(tmp_path, cluster):
+    """backend dask: each worker reads, crops and runs its cases through its own network (its GPU
+    when it has one); with the same torch threads the features are the local run's bits, the
+    previews the same crops, and a second run finds every case in the cache."""
+    from radiodeep.cohort import read_manifest
+    from radiodeep.features.deep import extract_deep
+
+    data = _cohort_config(tmp_path, 4)
+    data["roi"] = {"size": 64, "window_px": 16, "slice": "all"}
+    data["features"] = {"deep": {"backbone": "resnet18", "layer": "penultimate", "weights": None,
+                                 "device": "auto", "batch_size": 4, "threads": 1}}
+    data["experiments"] = [{**data["experiments"][0], "features": ["deep"]}]
+    cohort, _ = read_manifest(tmp_path / "cohort" / "manifest.csv", positive_label="short")
+    results = {}
+    for name, execution in {"local": {"n_jobs": 2},
+                            "dask": {"backend": "dask", "address": cluster.scheduler_address}}.items():
+        cfg = parse_config({**data, "execution": {"progress": False, "cache_dir": str(tmp_path / name),
+                                                  **execution}}, tmp_path)
+        results[name] = extract_deep(cohort, cfg, progress=False, previews=True)
+    local, remote = results["local"], results["dask"]
+    assert not local.failures and not remote.failures
+    assert remote.provenance["network_ran"] == {"where": "dask workers", "cases_per_device": {"cpu": 4}}
+    assert local.provenance["network_ran"]["where"] == "this process"
+    assert remote.provenance["weights"]["kind"] == "random" and remote.provenance["threads"] == 1
+    assert list(local.features.columns) == list(remote.features.columns)
+    assert local.features.to_numpy().tobytes() == remote.features.to_numpy().tobytes()
+    pd.testing.assert_frame_equal(local.diagnostics, remote.diagnostics)
+    assert [label for label, _ in local.previews] == [label for label, _ in remote.previews]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(local.previews, remote.previews))
+    again = extract_deep(cohort, parse_config({**data, "execution": {
+        "progress": False, "cache_dir": str(tmp_path / "dask"), "backend": "dask",
+        "address": cluster.scheduler_address}}, tmp_path), progress=False)
+    assert again.provenance["cache"]["cached"] == 4 and again.provenance["cache"]["computed"] == 0
+    assert again.features.to_numpy().tobytes() == remote.features.to_numpy().tobytes()
+
+
 def _xy(n=24, p=12, seed=0):
     rng = np.random.default_rng(seed)
     y = pd.Series(np.arange(n) % 2, index=[f"c{i:02d}" for i in range(n)])

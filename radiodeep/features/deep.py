@@ -2,17 +2,20 @@
 
 Per case: read image and mask -> :func:`radiodeep.roi.prepare_case` (slice choice,
 crop, intensity, channel strategy) -> crops, normalised for the backbone, go through
-the network in batches that span cases -> the tapped layer's values, pooled over a
+the network in batches of that case's crops alone -> the tapped layer's values, pooled over a
 case's slices (mean or max) -> one row per case with stable column names
 ``<backbone>_<layer>_<tag>_<i:04d>`` (``alexnet_fc7_r_0000``); strategy ``each`` gives
-three sets, tags ``r``, ``g``, ``b``.
+three sets, tags ``r``, ``g``, ``b``. A case's values depend on its own crops, the settings,
+the threads and the device only: not on the other cases of the run, the cache or the order in
+which cases finish.
 
-The cohort streams: reading and cropping run in ``execution.n_jobs`` worker processes
-(:func:`radiodeep.execution.map_cases`, at most ``2 * n_jobs`` cases in flight) while
-this process feeds the network; only the current batch (a preallocated ``batch_size``
-buffer, NHWC) and the cases it touches are held; each case is written to the per-case
-cache as soon as its last crop leaves the network, so an interrupted run resumes
-where it stopped.
+The cohort streams: locally, reading and cropping run in ``execution.n_jobs`` worker
+processes (:func:`radiodeep.execution.map_cases`, at most ``2 * n_jobs`` cases in flight)
+while this process feeds the network; on Dask (``execution.backend: dask``) each worker
+runs its cases through its own copy of the network, loaded once per worker (its GPU with
+``device: auto`` when it has one) and sends back only the pooled features. Each case is
+written to the per-case cache as soon as it is done, so an interrupted run resumes where it
+stopped.
 The route follows :mod:`radiodeep.features.routes`: :func:`settings_from_config` makes
 the frozen :class:`DeepSettings` slice once (weights located once), and that slice is
 the cache key: backbone, layer, activation, weights identity (sha256 of the file),
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -213,79 +217,130 @@ def _prepare_views(case, settings: DeepSettings):
                             sequences=sequences)
 
 
-# --------------------------------------------------------------------------- batching
-@dataclass
-class _Pending:
-    """A case whose crops are in flight; per-tag pooled features accumulate here."""
+# --------------------------------------------------------------------------- the network
+class _Network:
+    """The backbone cut at the tapped layer, and one preallocated input buffer.
 
-    case_id: str
-    fingerprint: str
-    remaining: int
-    diagnostics: dict[str, Any]
-    pooled: dict[str, np.ndarray] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    A case's crops go through it in batches of their own (at most ``batch_size`` crops, never
+    mixed with another case's): a case's features then depend on its crops, the settings, the
+    threads and the device only, not on which other cases ran beside it, were cached, or
+    finished first (convolution and matrix kernels sum in an order that depends on the batch's
+    size: mixed batches made a case's last bits depend on its neighbours). On the CPU this
+    costs nothing for EfficientNet (a single crop runs faster per crop than a batch of 32).
+    """
 
-    def add(self, tag: str, row: np.ndarray, pooling: str) -> None:
-        acc = self.pooled.get(tag)
-        if acc is None:
-            self.pooled[tag] = row.astype(np.float64, copy=True)
-        elif pooling == "max":
-            np.maximum(acc, row, out=acc)
-        else:
-            acc += row
-        self.counts[tag] = self.counts.get(tag, 0) + 1
-        self.remaining -= 1
-
-    def result(self, pooling: str) -> dict[str, np.ndarray]:
-        if pooling == "max":
-            return self.pooled
-        return {t: v / self.counts[t] for t, v in self.pooled.items()}
-
-
-class _Batcher:
-    """Crops go, normalised, into one preallocated buffer; a full buffer runs through the network."""
-
-    def __init__(self, extract, normalisation: tuple[np.ndarray, np.ndarray], batch_size: int, size: int,
-                 device: torch.device, pooling: str, on_case_done):
-        self.extract = extract
-        self.scale, self.shift = normalisation  # y = x * scale + shift, channels first
-        self.device, self.pooling, self.on_case_done = device, pooling, on_case_done
-        self.size = size
+    def __init__(self, settings: DeepSettings, device: torch.device):
+        model, self.loaded = load_backbone(settings.backbone, settings.weights_source)
+        size = settings.roi["size"]
+        check_input_size(model, settings.backbone, size)
+        model.to(device=device, memory_format=torch.channels_last)  # as the batches are
+        self.extract = feature_extractor(model, settings.backbone, settings.layer, settings.activation)
+        self.scale, self.shift = normalisation_affine(model, settings.backbone)  # y = x*scale + shift
+        self.device, self.size, self.pooling = device, size, settings.slice_pooling
         # NHWC (channels_last): oneDNN's fastest convolutions on the CPU, cuDNN's on a GPU. Each
         # crop is normalised (CHW, in a cache-sized scratch array) and then written in with
         # numpy (a strided torch copy_ is ~10x slower): no pass over the whole batch is made
-        nhwc = torch.empty((batch_size, size, size, 3), dtype=torch.float32, pin_memory=device.type == "cuda")
+        nhwc = torch.empty((settings.batch_size, size, size, 3), dtype=torch.float32,
+                           pin_memory=device.type == "cuda")
         self.slots_np = nhwc.numpy()
         self.buffer = nhwc.permute(0, 3, 1, 2)  # (N, 3, H, W) view, channels_last
         self.scratch = np.empty((3, size, size), np.float32)
-        self.slots: list[tuple[_Pending, str]] = []
+        self.lock = threading.Lock()  # one forward pass at a time (the layer tap is the model's)
 
-    def add_case(self, pending: _Pending, views: dict[str, np.ndarray]) -> None:
-        for tag, arr in views.items():
-            if arr.ndim != 4 or arr.shape[1:] != (3, self.size, self.size):
-                raise ValueError(f"case {pending.case_id}: view {tag!r} has shape {arr.shape}, "
-                                 f"expected (n, 3, {self.size}, {self.size})")
-            for crop in arr:
-                np.multiply(crop, self.scale, out=self.scratch)
-                self.scratch += self.shift
-                np.copyto(self.slots_np[len(self.slots)], self.scratch.transpose(1, 2, 0))
-                self.slots.append((pending, tag))
-                if len(self.slots) == self.buffer.shape[0]:
-                    self.flush()
-
-    def flush(self) -> None:
-        n = len(self.slots)
-        if n == 0:
-            return
+    def _run(self, n: int) -> np.ndarray:
         x = self.buffer[:n]
         if self.device.type != "cpu":
             x = x.to(self.device, non_blocking=True)
-        feats = self.extract(x).float().cpu().numpy()
-        slots, self.slots = self.slots, []
-        for row, (pending, tag) in zip(feats, slots):
-            pending.add(tag, row, self.pooling)
-            if pending.remaining == 0:
-                self.on_case_done(pending)
+        return self.extract(x).float().cpu().numpy()
+
+    def case_features(self, case_id: str, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pooled features per view tag (float64): mean or max over the case's slices."""
+        for tag, arr in views.items():
+            if arr.ndim != 4 or arr.shape[1:] != (3, self.size, self.size) or arr.shape[0] == 0:
+                raise ValueError(f"case {case_id}: view {tag!r} has shape {arr.shape}, "
+                                 f"expected (n, 3, {self.size}, {self.size})")
+        pooled: dict[str, np.ndarray] = {}
+        with self.lock:
+            for tag, arr in views.items():
+                acc = None
+                for start in range(0, arr.shape[0], self.buffer.shape[0]):
+                    part = arr[start:start + self.buffer.shape[0]]
+                    for i, crop in enumerate(part):
+                        np.multiply(crop, self.scale, out=self.scratch)
+                        self.scratch += self.shift
+                        np.copyto(self.slots_np[i], self.scratch.transpose(1, 2, 0))
+                    for row in self._run(len(part)):
+                        if acc is None:
+                            acc = row.astype(np.float64, copy=True)
+                        elif self.pooling == "max":
+                            np.maximum(acc, row, out=acc)
+                        else:
+                            acc += row
+                pooled[tag] = acc if self.pooling == "max" else acc / arr.shape[0]
+        return pooled
+
+
+# --------------------------------------------------------------------------- on a Dask worker
+@dataclass
+class _CaseOut:
+    """What a Dask worker sends back for one case: pooled features (None when the case was only
+    cropped again for its preview), its views (previews only), where the network ran."""
+
+    pooled: dict[str, np.ndarray] | None
+    slices: tuple[int, ...]
+    notes: list[str]
+    views: Any = None
+    device: str | None = None
+    threads: int | None = None
+    loaded: dict | None = None
+
+
+_networks: dict[tuple, _Network] = {}  # this worker process's network, loaded by its first case
+_networks_lock = threading.Lock()
+
+
+def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
+    """This process's network for ``settings`` (loaded once; the previous one is dropped), and
+    whether this call loaded it. The file must be the one the client keyed: a worker that sees
+    another file under the same path fails its cases instead of computing other features."""
+    device = pick_device(settings.device)  # "auto": this worker's GPU when it has one
+    key = (settings.backbone, settings.layer, settings.activation, repr(settings.weights),
+           str(getattr(settings.weights_source, "path", None)), settings.roi["size"],
+           settings.slice_pooling, settings.batch_size, str(device))
+    with _networks_lock:
+        net = _networks.get(key)
+        if net is not None:
+            return net, False
+        here = weights_identity(settings.weights_source)
+        if here != settings.weights:
+            raise RuntimeError(f"the weights this worker reads ({here}) are not those of the client "
+                               f"({settings.weights}): the workers must see the same files")
+        _networks.clear()
+        net = _networks[key] = _Network(settings, device)
+        return net, True
+
+
+def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(),
+                    keep_views: bool = False) -> _CaseOut:
+    """One case on a Dask worker: read, crop and run through the network there (its GPU, if it
+    has one); only the pooled features (and the views, for previews) travel back."""
+    views = _prepare_views(case, settings)
+    out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
+                   views=views if keep_views else None)
+    if case.case_id in cached:
+        return out
+    net, loaded = _worker_network(settings)
+    old = torch.get_num_threads()
+    try:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        out.threads = torch.get_num_threads()
+        out.pooled = net.case_features(case.case_id, views.views)
+    finally:
+        torch.set_num_threads(old)
+    out.device = str(net.device)
+    out.loaded = dict(net.loaded) if loaded else None
+    return out
 
 
 # --------------------------------------------------------------------------- the route
@@ -305,11 +360,11 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     :func:`~radiodeep.qc.network_view_items` (every slice; the RGB input for composite
     strategies) for every case in cohort order, cached ones included (those are read and
     cropped again, not run through the network). Reading and cropping run in
-    ``context.n_jobs`` worker processes (or on Dask) while this process feeds the network;
-    at most ``2 * n_jobs`` prepared cases wait at a time.
+    ``context.n_jobs`` worker processes while this process feeds the network (at most
+    ``2 * n_jobs`` prepared cases wait at a time); on Dask the workers run the network too.
     """
-    size = settings.roi["size"]
-    device = pick_device(settings.device)
+    remote = context.backend == "dask"  # the network runs on the workers
+    device = None if remote else pick_device(settings.device)
     store = FeatureStore(context.cache_dir, ROUTE, settings.key_dict())
     weights_prov = weights_provenance(settings.weights_source)
     want_previews = context.previews
@@ -345,9 +400,8 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         log.warning("deep: %d damaged cache entr%s recomputed: %s", len(store.damaged),
                     "y" if len(store.damaged) == 1 else "ies", ", ".join(store.damaged))
 
-    def case_done(p: _Pending) -> None:
+    def case_done(cid: str, pooled: dict[str, np.ndarray], diagnostics: dict) -> None:
         nonlocal names
-        pooled = p.result(settings.slice_pooling)
         parts, case_names = [], []
         for tag, vec in pooled.items():
             parts.append(vec)
@@ -358,51 +412,62 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         values = np.concatenate(parts)
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
-            failures.append(CaseFailure(p.case_id, ROUTE, f"{bad} of {values.size} deep features are not "
-                                                          "finite (NaN or inf)"))
+            failures.append(CaseFailure(cid, ROUTE, f"{bad} of {values.size} deep features are not "
+                                                    "finite (NaN or inf)"))
             return
-        store.save(p.case_id, dict(zip(case_names, values.tolist())), p.fingerprint, p.diagnostics)
+        store.save(cid, dict(zip(case_names, values.tolist())), prints[cid], diagnostics)
         names = names or case_names
-        rows[p.case_id] = values
-        diags[p.case_id] = p.diagnostics
+        rows[cid] = values
+        diags[cid] = diagnostics
 
+    # locally, workers read and crop while this process runs the network; on Dask, each worker
+    # runs its cases through its own copy of the network (its GPU, if it has one)
+    if remote:
+        func = partial(_case_on_worker, settings=settings, cached=frozenset(cached), keep_views=want_previews)
+    else:
+        func = partial(_prepare_views, settings=settings)
+    ran_on: dict[str, int] = {}  # device -> cases
+    threads_used: set[int] = set()
     old_threads = torch.get_num_threads()
-    batcher = None
+    net = None
     try:
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        for case, views in map_cases(partial(_prepare_views, settings=settings), todo, n_jobs=context.n_jobs,
-                                     backend=context.backend, address=context.address,
-                                     progress=context.progress, desc="deep features"):
+        for case, out in map_cases(func, todo, n_jobs=context.n_jobs, backend=context.backend,
+                                   address=context.address, progress=context.progress, desc="deep features"):
             cid = case.case_id
-            if isinstance(views, BaseException):
+            if isinstance(out, BaseException):
                 if cid in cached:
                     continue  # the row stays valid (same files, same settings): only its preview is missing
                 # one policy for every route: a case that fails, for whatever reason, fails alone
-                reason = getattr(views, "reason", None) or CaseFailure.from_error(views, cid, ROUTE).reason
+                reason = getattr(out, "reason", None) or CaseFailure.from_error(out, cid, ROUTE).reason
                 failures.append(CaseFailure(cid, ROUTE, reason))
                 continue
+            views = out.views if remote else out
             if want_previews:
                 preview_items[cid] = network_view_items(views, settings.channels)
             if cid in cached:
                 continue
-            if batcher is None:  # the network is loaded only when some case needs it
-                model, loaded = load_backbone(settings.backbone, settings.weights_source)
-                weights_prov.update(loaded)
-                check_input_size(model, settings.backbone, size)
-                model.to(device=device, memory_format=torch.channels_last)  # as the batches are
-                batcher = _Batcher(feature_extractor(model, settings.backbone, settings.layer,
-                                                     settings.activation),
-                                   normalisation_affine(model, settings.backbone), settings.batch_size, size,
-                                   device, settings.slice_pooling, case_done)
-            n = sum(int(v.shape[0]) for v in views.views.values())
-            diagnostics = {"slices": list(views.slice_indices), "notes": list(views.notes)}
-            try:
-                batcher.add_case(_Pending(cid, prints[cid], n, diagnostics), views.views)
-            except ValueError as err:  # a view of the wrong shape: this case only
-                failures.append(CaseFailure(cid, ROUTE, str(err)))
-        if batcher is not None:
-            batcher.flush()
+            if remote:
+                pooled, slices, notes = out.pooled, out.slices, out.notes
+                if out.loaded:
+                    weights_prov.update(out.loaded)
+                threads_used.add(out.threads)
+                device_name = out.device
+            else:
+                if net is None:  # the network is loaded only when some case needs it
+                    net = _Network(settings, device)
+                    weights_prov.update(net.loaded)
+                try:
+                    pooled = net.case_features(cid, views.views)
+                except ValueError as err:  # a view of the wrong shape: this case only
+                    failures.append(CaseFailure(cid, ROUTE, str(err)))
+                    continue
+                slices, notes = views.slice_indices, views.notes
+                threads_used.add(torch.get_num_threads())
+                device_name = str(device)
+            ran_on[device_name] = ran_on.get(device_name, 0) + 1
+            case_done(cid, pooled, {"slices": list(slices), "notes": list(notes)})
     finally:
         torch.set_num_threads(old_threads)
 
@@ -433,8 +498,10 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         "features_per_tag": table.shape[1] // len(tags) if ids else None,
         "tags": list(tags),
         "batch_size": settings.batch_size,
-        "device": str(device),
-        "threads": settings.threads or old_threads,
+        "device": ", ".join(sorted(ran_on)) if ran_on else str(device or settings.device),
+        "network_ran": {"where": "dask workers" if remote else "this process", "cases_per_device": ran_on},
+        "threads": (min(threads_used) if len(threads_used) == 1 else sorted(threads_used)) if threads_used
+        else (settings.threads or old_threads),
         "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": len(ids) - n_cached,
                   "damaged": len(store.damaged)},
         "torch": torch.__version__,
