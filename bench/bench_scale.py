@@ -355,7 +355,7 @@ def bench_permutations(n: int, n_perm: int, processes: int, cluster: "Cluster"):
 
 def bench_many_permutations(n_perm: int, processes: int, cluster: "Cluster", n: int = 2000):
     """Many cheap permutations (external split, one fit each): client memory stays flat, as the
-    permuted labels are drawn a chunk of tasks at a time."""
+    permuted labels are drawn a window of tasks (of at most 64 permutations) at a time."""
     import numpy as np
     import pandas as pd
 

@@ -574,6 +574,10 @@ def map_calls(fn: Callable, calls: Iterable[tuple], *, shared: dict | None = Non
     yield from par(delayed(fn)(*args, **shared) for args in calls)
 
 
+#: the most calls one Dask task runs (the client holds a window of 4 chunks per task slot)
+MAX_CHUNK = 64
+
+
 def _run_chunk(fn, chunk, **shared):
     """Calls in a row on one worker, each with one BLAS thread (as the local folds run)."""
     from threadpoolctl import threadpool_limits
@@ -592,8 +596,9 @@ def _calls_dask(fn, calls, shared, address, n_calls=None, chunks_per_slot=4):
         calls = list(calls)
         n_calls = len(calls)
     slots = max(1, _slots(client))
-    # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip
-    size = max(1, -(-n_calls // (max(1, chunks_per_slot) * slots)))
+    # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip;
+    # at most MAX_CHUNK calls a chunk, so the calls in flight (a window of chunks) stay bounded
+    size = min(MAX_CHUNK, max(1, -(-n_calls // (max(1, chunks_per_slot) * slots))))
     own = {k: _shared(client, v) for k, v in shared.items() if not isinstance(v, Future)}
     remote = {**shared, **own}
     futs: deque = deque()

@@ -223,26 +223,28 @@ def test_the_shared_loo_selection_runs_on_a_worker_not_in_the_client(cluster):
     assert local.null_aucs.tobytes() == remote.null_aucs.tobytes()
 
 
-def test_many_calls_are_drawn_a_window_at_a_time_on_dask(cluster):
+@pytest.mark.parametrize("n,per_slot,chunk", [(400, 16, 13), (3000, 1, 64)])
+def test_many_calls_are_drawn_a_window_at_a_time_on_dask(cluster, n, per_slot, chunk):
     """The client draws the calls (e.g. permuted label vectors) as chunks are submitted, never all
-    at once, and the results still come back in order."""
+    at once, in chunks of at most 64 calls (so a window of chunks stays small however many calls),
+    and the results still come back in order."""
     import scale_helpers
-    from radiodeep.execution import map_calls
+    from radiodeep.execution import MAX_CHUNK, map_calls
 
     drawn = []
 
     def calls():
-        for i in range(400):
+        for i in range(n):
             drawn.append(i)
             yield (i,)
 
     out = map_calls(scale_helpers.offset, calls(), shared={"b": 1000}, backend="dask",
-                    address=cluster.scheduler_address, n_calls=400, chunks_per_slot=16)
+                    address=cluster.scheduler_address, n_calls=n, chunks_per_slot=per_slot)
     first = next(out)
-    # 2 slots: chunks of 13 calls, 8 chunks in flight (+1 drawn as the first is taken)
-    assert len(drawn) <= 9 * 13 < 400
-    assert [first, *out] == [i + 1000 for i in range(400)]
-    assert len(drawn) == 400
+    # 2 slots: 4 chunks a slot in flight (+1 drawn as the first is taken)
+    assert chunk <= MAX_CHUNK and len(drawn) <= 9 * chunk < n
+    assert [first, *out] == [i + 1000 for i in range(n)]
+    assert len(drawn) == n
 
 
 def test_a_study_with_backend_dask_and_a_started_cluster_matches_a_local_run(tmp_path):
