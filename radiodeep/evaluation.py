@@ -296,7 +296,7 @@ def _run_folds(pipeline, data: dict, n_features: int, folds, *, scheme: str, fas
     metas: list = []
     if use_fast:
         rest = pipeline[1:]
-        supports = next(map_calls(_loo_supports, [(clone(pipeline.steps[0][1]),)], shared=data, **where))
+        [supports] = list(map_calls(_loo_supports, [(clone(pipeline.steps[0][1]),)], shared=data, **where))
         fn, shared = _fold_fast, {"Xv": data["Xv"], "y": data["y"]}
 
         def calls():
