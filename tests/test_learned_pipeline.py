@@ -109,7 +109,12 @@ def test_finetune_beside_frozen_features_end_to_end(tmp_path):
     pairs = {(r.experiment_a, r.experiment_b) for r in res.delong.itertuples()}
     assert ("frozen-rf", "finetune") in pairs and ("frozen-rf", "finetune-fc-rf") in pairs
     assert (res.delong["n"] == 6).all()
-    assert "finetune-fc-rf" in (out / "report.html").read_text(encoding="utf-8")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "finetune-fc-rf" in html
+    # weights: null in every learned experiment here: the run says so, last, and the report on top
+    assert res.summary().splitlines()[-1].startswith("WARNING: route(s) deep used RANDOM")
+    assert "experiment(s) finetune, finetune-fc-rf, too-big-batch, diverges fine-tuned" in res.summary()
+    assert html.index("fine-tuned a network from RANDOM weights") < html.index("<h1>")
     # one audit per held-out case: that case absent from training, no copy of it found
     for exp in ("finetune", "finetune-fc-rf"):
         files = sorted((out / "audit" / exp).glob("heldout_*.json"))
