@@ -81,6 +81,18 @@ def test_missing_weights_stop_the_run_before_any_training(tmp_path, monkeypatch)
     assert not (tmp_path / "out" / "audit").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_is_refused_here_but_left_to_the_workers_on_dask(tmp_path):
+    from radiodeep.learned.build import check_learned
+
+    exp = [{"name": "ft", "features": ["image"], "classifier": {"name": "cnn_finetune", **TINY, "device": "cuda"}}]
+    local = parse_config(study(tmp_path, exp, n_cases=2), base_dir=tmp_path)
+    assert any(".device: 'cuda' but torch sees no CUDA device here" in p for p in check_learned(local))
+    remote = parse_config({**study(tmp_path, exp, n_cases=2),
+                           "execution": {"backend": "dask", "address": "tcp://127.0.0.1:1"}}, base_dir=tmp_path)
+    assert not any(".device" in p for p in check_learned(remote))
+
+
 def test_finetune_beside_frozen_features_end_to_end(tmp_path):
     experiments = [
         {"name": "frozen-rf", "features": ["deep"], "classifier": {"name": "random_forest", "n_estimators": 10}},

@@ -172,7 +172,8 @@ def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tup
     checks = (
         ("tap", "features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
         ("", "roi.size", lambda: _check_min_size(spec, config.roi.size)),
-        ("", "features.deep.device", lambda: pick_device(deep.device)),
+        # on Dask the network runs on the workers: their GPUs count, not this machine's
+        ("", "features.deep.device", lambda: None if config.execution.backend == "dask" else pick_device(deep.device)),
         # resolved, hash-checked and read (keys and shapes against the network) before any case is
         ("weights", "features.deep.weights", lambda: check_weights_file(deep.backbone, deep.weights, config.base_dir)),
     )
