@@ -285,12 +285,13 @@ class _Network:
 @dataclass
 class _CaseOut:
     """What a Dask worker sends back for one case: pooled features (None when the case was only
-    cropped again for its preview), its views (previews only), where the network ran."""
+    cropped again for its preview), its contact-sheet tiles (previews only, subsampled there:
+    not the full crops), where the network ran."""
 
     pooled: dict[str, np.ndarray] | None
     slices: tuple[int, ...]
     notes: list[str]
-    views: Any = None
+    preview: list | None = None
     device: str | None = None
     threads: int | None = None
     loaded: dict | None = None
@@ -327,7 +328,7 @@ def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(
     has one); only the pooled features (and the views, for previews) travel back."""
     views = _prepare_views(case, settings)
     out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
-                   views=views if keep_views else None)
+                   preview=network_view_items(views, settings.channels) if keep_views else None)
     if case.case_id in cached:
         return out
     net, loaded = _worker_network(settings)
@@ -444,9 +445,9 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                 reason = getattr(out, "reason", None) or CaseFailure.from_error(out, cid, ROUTE).reason
                 failures.append(CaseFailure(cid, ROUTE, reason))
                 continue
-            views = out.views if remote else out
+            views = None if remote else out
             if want_previews:
-                preview_items[cid] = network_view_items(views, settings.channels)
+                preview_items[cid] = out.preview if remote else network_view_items(views, settings.channels)
             if cid in cached:
                 continue
             if remote:
