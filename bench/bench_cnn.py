@@ -23,10 +23,7 @@ Prints figures; asserts nothing (not a timed test).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,29 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import forward_flops, print_header  # noqa: E402 - bench/ is on sys.path when a script runs
 from radiodeep.learned.rotations import rotation_crop_side  # noqa: E402
 from radiodeep.learned.scratch import ScratchNet, scratch_classifier  # noqa: E402
 
 
 def flops_per_image(net: torch.nn.Module, channels: int, size: int) -> float:
     """Forward FLOPs per image (2 x multiply-accumulates of convolutions and linear layers)."""
-    macs = [0]
-
-    def hook(module, args, out):
-        if isinstance(module, torch.nn.Conv2d):
-            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs[0] += out.numel() // out.shape[0] * k
-        elif isinstance(module, torch.nn.Linear):
-            macs[0] += out.numel() // out.shape[0] * module.in_features
-
-    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, channels, size, size))
-    finally:
-        for h in hs:
-            h.remove()
-    return 2.0 * macs[0]
+    return forward_flops(net, lambda: net.eval()(torch.zeros(1, channels, size, size)))
 
 
 def roofline_step(channels: int, size: int, batch: int):
@@ -227,14 +209,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    print("# radiodeep CNN-from-scratch benchmark" + (" (--quick)" if quick else ""))
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} torch threads")
-    with contextlib.suppress(OSError):
-        print("load average at start:", " ".join(f"{v:.2f}" for v in os.getloadavg()),
-              "(other processes on this machine skew every figure)")
-    if not torch.cuda.is_available():
-        print("GPU: none on this machine: GPU figures (and several members per GPU) not measured")
+    print_header("CNN-from-scratch benchmark", quick)
 
     r = bench_throughput(quick)
     print(f"\nusf1, 2 x 100 x 100, batch 64, CPU ({r['fwd_mflop']:.0f} MFLOP forward per image)")

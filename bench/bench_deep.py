@@ -20,10 +20,8 @@ of the matmul roofline is expected to be far lower than alexnet's or vgg16's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -35,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import forward_flops, print_header  # noqa: E402 - bench/ is on sys.path when a script runs
 from radiodeep import roi  # noqa: E402
 from radiodeep.cohort import read_manifest  # noqa: E402
 from radiodeep.config import parse_config  # noqa: E402
@@ -87,23 +86,8 @@ def make_matmul(device: torch.device, n: int):
 
 def count_flops(model, name: str, layer: str, size: int) -> float:
     """FLOPs per image up to the tapped layer (2 x MACs of conv and linear layers)."""
-    macs = [0]
-
-    def hook(module, args, out):
-        if isinstance(module, torch.nn.Conv2d):
-            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs[0] += out.numel() // out.shape[0] * k
-        elif isinstance(module, torch.nn.Linear):
-            macs[0] += out.numel() // out.shape[0] * module.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    try:
-        feature_extractor(model, name, layer, "post_relu")(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return 2.0 * macs[0]
+    extract = feature_extractor(model, name, layer, "post_relu")
+    return forward_flops(model, lambda: extract(torch.zeros(1, 3, size, size)))
 
 
 def rss_bytes() -> int:
@@ -311,18 +295,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    print("# radiodeep deep-route benchmark" + (" (--quick)" if quick else ""))
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} torch threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    with contextlib.suppress(OSError):
-        print("load average at start:", " ".join(f"{v:.2f}" for v in os.getloadavg()),
-              "(other processes on this machine skew every figure)")
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-        print(f"GPU: {torch.cuda.get_device_name(0)}")
-    else:
-        print("GPU: none on this machine (torch.cuda.is_available() is False): GPU figures not measured")
+    gpu = print_header("deep-route benchmark", quick,
+                       f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if gpu else [])
 
     n_mat = 2048 if quick else 4096
     summary = []

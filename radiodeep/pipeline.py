@@ -48,6 +48,7 @@ class RunResult:
     features: dict[str, pd.DataFrame] = field(default_factory=dict)
     report: Path | None = None
     random_weights: list[str] = field(default_factory=list)  # routes whose network had random weights
+    random_start: list[str] = field(default_factory=list)  # learned experiments fine-tuned from random weights
 
     def summary(self) -> str:
         lines = []
@@ -68,8 +69,8 @@ class RunResult:
         lines.append(f"outputs in: {self.output_dir}")
         from .features.weights import random_weights_line
 
-        if self.random_weights:  # last, where the eye lands at the end of a run
-            lines.append(random_weights_line(self.random_weights))
+        if self.random_weights or self.random_start:  # last, where the eye lands at the end of a run
+            lines.append(random_weights_line(self.random_weights, self.random_start))
         return "\n".join(lines)
 
 
@@ -463,12 +464,14 @@ def _run(config: Config, only: str | None = None, address: str | None = None) ->
         # evaluation reads the exported tables back (bit for bit): the numbers --only evaluate sees
         routes = {name: RouteResult(name, _read_table(out / rec.features_csv), provenance=rec.provenance)
                   for name, rec in record.routes.items()}
-    from .features.weights import random_weight_routes
+    from .features.weights import random_weight_experiments, random_weight_routes
     from .paper import cohort_summary
 
     record.cohort = cohort_summary(cohort, config)  # the report's cohort table
 
     result.random_weights = random_weight_routes({name: res.provenance for name, res in routes.items()})
+    result.random_start = random_weight_experiments(
+        [e.model_dump(mode="json") for e in config.experiments if _is_learned(e)])
     result.failures = record.failures_frame()
     write_table(result.failures, out / "failures.csv")
     if only == "extract" or not config.experiments:

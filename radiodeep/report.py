@@ -447,9 +447,11 @@ def _frame(df: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _random_weights(provenance: dict) -> str | None:
-    from .features.weights import random_weight_routes, random_weights_line
+    from .features.weights import random_weight_experiments, random_weight_routes, random_weights_line
 
-    return random_weights_line(random_weight_routes(provenance.get("routes")))
+    experiments = (provenance.get("config") or {}).get("experiments")
+    return random_weights_line(random_weight_routes(provenance.get("routes")),
+                               random_weight_experiments(experiments))
 
 
 def write_report(out_dir: Path, *, title: str,

@@ -195,7 +195,7 @@ def test_a_worker_that_reads_other_weights_fails_its_cases(tmp_path, cohort_file
     with pytest.raises(RuntimeError, match="the workers must see the same files"):
         _case_on_worker(case, other)
     preview_only = _case_on_worker(case, settings, cached=frozenset({case.case_id}), keep_views=True)
-    assert preview_only.pooled is None and preview_only.views.views["r"].shape == (1, 3, 64, 64)
+    assert preview_only.pooled is None and [label for label, _ in preview_only.preview] == [case.case_id]
 
 
 def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
@@ -308,6 +308,21 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
             pick_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_is_checked_where_the_network_runs(tmp_path, cohort_files):
+    """Locally the run is refused up front; on Dask the workers' GPUs count (a client without one
+    may drive GPU workers), and a worker without CUDA fails its cases, by case id."""
+    from radiodeep.features.deep import _case_on_worker, check_deep_config, settings_from_config
+
+    local, cohort = _setup(tmp_path, cohort_files[0], device="cuda", **FAST)
+    assert any(p.startswith("features.deep.device") and "no CUDA" in p for p in check_deep_config(local))
+    remote, _ = _setup(tmp_path, cohort_files[0], device="cuda",
+                       execution={"backend": "dask", "address": "tcp://127.0.0.1:1"}, **FAST)
+    assert check_deep_config(remote) == []
+    with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
+        _case_on_worker(cohort.cases[0], settings_from_config(remote))
 
 
 def test_an_unexpected_error_in_one_case_fails_that_case_only(tmp_path, cohort_files, monkeypatch):

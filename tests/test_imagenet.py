@@ -276,13 +276,27 @@ def test_random_weights_banner_and_console_line(tmp_path):
               experiment_errors={}, contact_sheet=None)
     random_prov = {"routes": {"deep": {"weights": {"kind": "random", "seed": 0}}, "handcrafted": {}}}
     html = write_report(tmp_path / "a", provenance=random_prov, **kw).read_text(encoding="utf-8")
-    assert "NOT IMAGENET FEATURES" in html and html.index("NOT IMAGENET FEATURES") < html.index("<h1>")
+    assert "NOT IMAGENET WEIGHTS" in html and html.index("NOT IMAGENET WEIGHTS") < html.index("<h1>")
     real = {"routes": {"deep": {"weights": {"kind": "packaged", "sha256": "57934424"}}}}
     html = write_report(tmp_path / "b", provenance=real, **kw).read_text(encoding="utf-8")
-    assert "NOT IMAGENET FEATURES" not in html
+    assert "NOT IMAGENET WEIGHTS" not in html
     summary = RunResult(tmp_path, random_weights=["deep"]).summary()
     assert summary.splitlines()[-1].startswith("WARNING: route(s) deep used RANDOM network weights")
     assert "RANDOM" not in RunResult(tmp_path).summary()
+    # a learned experiment fine-tuned from random weights gets the banner too; one trained from
+    # scratch by design (no ImageNet start to miss) and one fine-tuned from ImageNet do not
+    experiments = [{"name": "ft-random", "classifier": {"name": "cnn_finetune", "backbone": "resnet18", "weights": None}},
+                   {"name": "ft-imagenet", "classifier": {"name": "cnn_finetune", "backbone": "resnet18",
+                                                          "weights": "IMAGENET1K_V1"}},
+                   {"name": "scratch", "classifier": {"name": "cnn_scratch", "architecture": "usf1"}},
+                   {"name": "rf", "classifier": {"name": "random_forest"}}]
+    html = write_report(tmp_path / "c", provenance={**real, "config": {"experiments": experiments}},
+                        **kw).read_text(encoding="utf-8")
+    assert "NOT IMAGENET WEIGHTS" in html
+    banner = html[html.index("NOT IMAGENET WEIGHTS"):html.index("<h1>")]
+    assert "ft-random" in banner and "ft-imagenet" not in banner and "scratch" not in banner
+    line = RunResult(tmp_path, random_start=["ft-random"]).summary().splitlines()[-1]
+    assert line.startswith("WARNING: experiment(s) ft-random fine-tuned a network from RANDOM weights")
 
 
 # --------------------------------------------------------------------------- the command line
@@ -348,4 +362,4 @@ def test_a_run_on_random_weights_says_so_at_the_end_and_in_the_report(tmp_path, 
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("WARNING: route(s) deep used RANDOM network weights")
     html = (tmp_path / "results" / "report.html").read_text(encoding="utf-8")
-    assert html.index("NOT IMAGENET FEATURES") < html.index("<h1>")
+    assert html.index("NOT IMAGENET WEIGHTS") < html.index("<h1>")

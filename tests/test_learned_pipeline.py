@@ -81,6 +81,18 @@ def test_missing_weights_stop_the_run_before_any_training(tmp_path, monkeypatch)
     assert not (tmp_path / "out" / "audit").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_is_refused_here_but_left_to_the_workers_on_dask(tmp_path):
+    from radiodeep.learned.build import check_learned
+
+    exp = [{"name": "ft", "features": ["image"], "classifier": {"name": "cnn_finetune", **TINY, "device": "cuda"}}]
+    local = parse_config(study(tmp_path, exp, n_cases=2), base_dir=tmp_path)
+    assert any(".device: 'cuda' but torch sees no CUDA device here" in p for p in check_learned(local))
+    remote = parse_config({**study(tmp_path, exp, n_cases=2),
+                           "execution": {"backend": "dask", "address": "tcp://127.0.0.1:1"}}, base_dir=tmp_path)
+    assert not any(".device" in p for p in check_learned(remote))
+
+
 def test_finetune_beside_frozen_features_end_to_end(tmp_path):
     experiments = [
         {"name": "frozen-rf", "features": ["deep"], "classifier": {"name": "random_forest", "n_estimators": 10}},
@@ -109,7 +121,12 @@ def test_finetune_beside_frozen_features_end_to_end(tmp_path):
     pairs = {(r.experiment_a, r.experiment_b) for r in res.delong.itertuples()}
     assert ("frozen-rf", "finetune") in pairs and ("frozen-rf", "finetune-fc-rf") in pairs
     assert (res.delong["n"] == 6).all()
-    assert "finetune-fc-rf" in (out / "report.html").read_text(encoding="utf-8")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "finetune-fc-rf" in html
+    # weights: null in every learned experiment here: the run says so, last, and the report on top
+    assert res.summary().splitlines()[-1].startswith("WARNING: route(s) deep used RANDOM")
+    assert "experiment(s) finetune, finetune-fc-rf, too-big-batch, diverges fine-tuned" in res.summary()
+    assert html.index("fine-tuned a network from RANDOM weights") < html.index("<h1>")
     # one audit per held-out case: that case absent from training, no copy of it found
     for exp in ("finetune", "finetune-fc-rf"):
         files = sorted((out / "audit" / exp).glob("heldout_*.json"))

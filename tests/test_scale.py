@@ -317,12 +317,15 @@ def test_slurm_job_script_from_the_config_is_generated_without_submitting():
 
 def test_pbs_job_script_and_cluster_config_validation():
     pytest.importorskip("dask_jobqueue")
-    cluster = make_cluster(ClusterConfig(kind="pbs", cores=4, memory="8GB", queue="workq"))
+    cluster = make_cluster(ClusterConfig(kind="pbs", cores=4, memory="8GB", queue="workq",
+                                         python="/shared/radiodeep/.venv/bin/python"))
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
     assert "#PBS -q workq" in script and "ncpus=4" in script
+    # the workers' Python is the one named (a shared virtual environment), not this process's
+    assert "/shared/radiodeep/.venv/bin/python -m distributed.cli.dask_worker" in script
     with pytest.raises(ValueError, match="either 'address'"):
         parse_config({"cohort": {"manifest": "m.csv"}, "features": {"handcrafted": {}},
                       "execution": {"backend": "dask", "address": "tcp://x:8786",

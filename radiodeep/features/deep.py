@@ -172,7 +172,8 @@ def deep_config_errors(config: Config, resolved: dict | None = None) -> list[tup
     checks = (
         ("tap", "features.deep.layer", lambda: resolve_layer(spec, deep.layer, deep.activation)),
         ("", "roi.size", lambda: _check_min_size(spec, config.roi.size)),
-        ("", "features.deep.device", lambda: pick_device(deep.device)),
+        # on Dask the network runs on the workers: their GPUs count, not this machine's
+        ("", "features.deep.device", lambda: None if config.execution.backend == "dask" else pick_device(deep.device)),
         # resolved, hash-checked and read (keys and shapes against the network) before any case is
         ("weights", "features.deep.weights", lambda: check_weights_file(deep.backbone, deep.weights, config.base_dir)),
     )
@@ -284,12 +285,13 @@ class _Network:
 @dataclass
 class _CaseOut:
     """What a Dask worker sends back for one case: pooled features (None when the case was only
-    cropped again for its preview), its views (previews only), where the network ran."""
+    cropped again for its preview), its contact-sheet tiles (previews only, subsampled there:
+    not the full crops), where the network ran."""
 
     pooled: dict[str, np.ndarray] | None
     slices: tuple[int, ...]
     notes: list[str]
-    views: Any = None
+    preview: list | None = None
     device: str | None = None
     threads: int | None = None
     loaded: dict | None = None
@@ -326,7 +328,7 @@ def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(
     has one); only the pooled features (and the views, for previews) travel back."""
     views = _prepare_views(case, settings)
     out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
-                   views=views if keep_views else None)
+                   preview=network_view_items(views, settings.channels) if keep_views else None)
     if case.case_id in cached:
         return out
     net, loaded = _worker_network(settings)
@@ -443,9 +445,9 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                 reason = getattr(out, "reason", None) or CaseFailure.from_error(out, cid, ROUTE).reason
                 failures.append(CaseFailure(cid, ROUTE, reason))
                 continue
-            views = out.views if remote else out
+            views = None if remote else out
             if want_previews:
-                preview_items[cid] = network_view_items(views, settings.channels)
+                preview_items[cid] = out.preview if remote else network_view_items(views, settings.channels)
             if cid in cached:
                 continue
             if remote:

@@ -40,6 +40,7 @@ __all__ = [
     "file_sha256",
     "FALLBACK_BACKBONE",
     "fallback_deep_settings",
+    "random_weight_experiments",
     "random_weight_routes",
     "random_weights_line",
 ]
@@ -352,11 +353,29 @@ def random_weight_routes(routes_provenance: dict | None) -> list[str]:
     return out
 
 
-def random_weights_line(routes: list[str]) -> str | None:
-    if not routes:
+def random_weight_experiments(experiments: list | None) -> list[str]:
+    """The learned experiments (config data) that fine-tune a network from random weights
+    (``classifier.weights: null``) instead of ImageNet's. Networks trained from scratch by
+    design (``cnn_scratch``, ``cnn_ensemble``) have no ``weights`` and are not listed."""
+    out = []
+    for exp in experiments or []:
+        clf = exp.get("classifier") if isinstance(exp, dict) else None
+        if isinstance(clf, dict) and "backbone" in clf and "weights" in clf and clf["weights"] is None:
+            out.append(str(exp.get("name")))
+    return out
+
+
+def random_weights_line(routes: list[str], experiments: list[str] = ()) -> str | None:
+    parts = []
+    if routes:
+        parts.append(f"route(s) {', '.join(routes)} used RANDOM network weights (weights: null): these are "
+                     "not ImageNet features")
+    if experiments:
+        parts.append(f"experiment(s) {', '.join(experiments)} fine-tuned a network from RANDOM weights "
+                     "(classifier.weights: null), not from ImageNet's")
+    if not parts:
         return None
-    return (f"WARNING: route(s) {', '.join(routes)} used RANDOM network weights (weights: null): these are "
-            "not ImageNet features and the results are for testing only")
+    return "WARNING: " + "; ".join(parts) + "; the results are for testing only"
 
 
 def main_list(out=None) -> int:

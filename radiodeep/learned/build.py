@@ -156,7 +156,7 @@ def check_learned(config) -> list[str]:
         if c.freeze not in ("none", "features") and c.freeze not in spec.layers and "." not in c.freeze \
                 and not c.freeze.isidentifier():
             problems.append(f"{where}.freeze: {c.freeze!r} is not none, features, an alias or a module path")
-        if c.device == "cuda":
+        if c.device == "cuda" and config.execution.backend != "dask":  # on Dask: the workers' GPUs
             import torch
 
             if not torch.cuda.is_available():
