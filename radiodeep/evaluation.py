@@ -267,19 +267,45 @@ def _loo_supports(selector, *, Xv: np.ndarray, names: np.ndarray, y: np.ndarray)
     return out
 
 
-def _fold_fast(est, tr: np.ndarray, te: np.ndarray, cols: np.ndarray, *, Xv: np.ndarray, y: np.ndarray):
+def _fold_label(scheme: str, rep: int, fold: int, te: np.ndarray, ids: np.ndarray | None) -> str:
+    """Which fold, in words, for an error raised in it (a diverged network, a failed fit)."""
+    if scheme == "loo":
+        return f"in the fold that holds out case {ids[te[0]] if ids is not None else f'#{te[0]}'}"
+    if scheme == "external":
+        return "in the fit on the training split"
+    return f"in fold {fold + 1} of repeat {rep + 1}"
+
+
+def _in_fold(where: str, fn, *args):
+    """``fn(*args)``; an exception leaves with a note naming the fold (it travels from a worker)."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        err.add_note(where)
+        raise
+
+
+def _fold_fast(est, tr: np.ndarray, te: np.ndarray, cols: np.ndarray, where: str, *, Xv: np.ndarray,
+               y: np.ndarray):
     """A fold of the shared leave-one-out path: the selected columns of the fold's rows, then
     :func:`_fit_score` (the slicing runs where the fold runs: only indices travel)."""
     # the selectors' transform hands on C-contiguous float64 columns: these bytes
-    return _fit_score(est, Xv[np.ix_(tr, cols)], y[tr], Xv[np.ix_(te, cols)])
+    return _in_fold(where, _fit_score, est, Xv[np.ix_(tr, cols)], y[tr], Xv[np.ix_(te, cols)])
 
 
-def _fold_cold(est, tr: np.ndarray, te: np.ndarray, *, Xv: np.ndarray, names: np.ndarray, y: np.ndarray):
-    return _cold_job(est, Xv, names, y, tr, te)
+def _fold_cold(est, tr: np.ndarray, te: np.ndarray, where: str, *, Xv: np.ndarray, names: np.ndarray,
+               y: np.ndarray):
+    return _in_fold(where, _cold_job, est, Xv, names, y, tr, te)
+
+
+def error_text(err: BaseException) -> str:
+    """An exception's message with its notes (e.g. the fold it was raised in), on one line."""
+    return "; ".join([str(err), *getattr(err, "__notes__", ())])
 
 
 def _run_folds(pipeline, data: dict, n_features: int, folds, *, scheme: str, fast: bool,
-               n_jobs: int, show: bool, desc: str, backend: str = "local", address: str | None = None):
+               n_jobs: int, show: bool, desc: str, backend: str = "local", address: str | None = None,
+               ids: np.ndarray | None = None):
     """Every fold's scores; returns (rows, selection counts, number of fits).
 
     ``data``: ``Xv`` (cases x features, float64), ``names`` (the columns) and ``y``, as
@@ -304,14 +330,14 @@ def _run_folds(pipeline, data: dict, n_features: int, folds, *, scheme: str, fas
                 support = np.zeros(n_features, dtype=bool)
                 support[cols] = True
                 metas.append((rep, fold, te, support))
-                yield clone(rest), tr, te, cols
+                yield clone(rest), tr, te, cols, _fold_label(scheme, rep, fold, te, ids)
     else:
         fn, shared = _fold_cold, data
 
         def calls():
             for rep, fold, tr, te in folds:
                 metas.append((rep, fold, te, None))
-                yield clone(pipeline), tr, te
+                yield clone(pipeline), tr, te, _fold_label(scheme, rep, fold, te, ids)
 
     rows = []
     # threads locally: the trees, SVMs and distance kernels release the GIL, and threads need no
@@ -449,7 +475,8 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
     # sent to the cluster once for the folds and every permutation (backend dask)
     with shared_values({"Xv": X.to_numpy(dtype=np.float64), "names": names, "y": y_arr}, **where) as data:
         rows, counts, n_fits = _run_folds(pipeline, data, len(names), folds, scheme=cfg.scheme, fast=fast,
-                                          n_jobs=n_jobs, show=progress, desc=desc, **where)
+                                          n_jobs=n_jobs, show=progress, desc=desc, ids=X.index.to_numpy(),
+                                          **where)
         null = (_null_aucs(pipeline, data, y_arr, cfg, folds, fast, n_jobs, progress, desc, **where)
                 if cfg.permutations else None)
 

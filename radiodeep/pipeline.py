@@ -287,8 +287,11 @@ def evaluate_experiments(config: Config, tables: dict[str, pd.DataFrame], y: pd.
                            split=None if split is None else split.loc[ids], progress=progress,
                            n_jobs=ex.n_jobs, backend=ex.backend, address=ex.address)
         except Exception as err:  # noqa: BLE001 - one experiment fails alone
-            log.error("experiment %s could not run: %s", exp.name, err)
-            errors[exp.name] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+            from .evaluation import error_text
+
+            text = error_text(err)  # with the fold it was raised in
+            log.error("experiment %s could not run: %s", exp.name, text)
+            errors[exp.name] = f"{type(err).__name__}: {text}" if not isinstance(err, ValueError) else text
             continue
         from .paper import brier_score
 

@@ -24,3 +24,32 @@ def loo_calls() -> int:
 def offset(a, *, b):
     """A trivial call for map_calls: ``a + b`` (``b`` shared)."""
     return a + b
+
+
+class NeedsMarkedCase:
+    """A classifier whose fit fails when the case marked by ``marker`` in column 0 is not among
+    its training cases: an error raised in exactly one leave-one-out fold."""
+
+    def __init__(self, marker: float = 999.0):
+        self.marker = marker
+
+    def get_params(self, deep=True):
+        return {"marker": self.marker}
+
+    def set_params(self, **params):
+        self.marker = params.get("marker", self.marker)
+        return self
+
+    def fit(self, X, y):
+        import numpy as np
+
+        if not np.any(np.asarray(X)[:, 0] == self.marker):
+            raise ValueError("the marked case is missing from the training cases")
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict_proba(self, X):
+        import numpy as np
+
+        n = len(X)
+        return np.column_stack([np.full(n, 0.5), np.full(n, 0.5)])

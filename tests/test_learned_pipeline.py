@@ -114,6 +114,7 @@ def test_finetune_beside_frozen_features_end_to_end(tmp_path):
     assert "batch_size 16 is larger than the 5 training images of the smallest fold (5 cases" in \
         res.experiment_errors["too-big-batch"]
     assert "at epoch 1 of 1 (learning rate 1e+30" in res.experiment_errors["diverges"]
+    assert "; in the fold that holds out case " in res.experiment_errors["diverges"]  # which fold
     assert set(res.metrics.experiment) == {"frozen-rf", "finetune", "finetune-fc-rf"}
     preds = pd.read_csv(out / "predictions.csv")
     assert preds.groupby("experiment").case_id.nunique().eq(6).all()

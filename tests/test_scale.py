@@ -247,6 +247,21 @@ def test_many_calls_are_drawn_a_window_at_a_time_on_dask(cluster, n, per_slot, c
     assert len(drawn) == n
 
 
+def test_an_error_in_one_fold_names_that_fold_on_both_backends(cluster):
+    """A fit that fails in one fold (a diverged network, say) says which case that fold held out,
+    also when the fold ran on a worker."""
+    from radiodeep.evaluation import error_text
+    from scale_helpers import NeedsMarkedCase
+
+    X, y = _xy()
+    X.iloc[5, 0] = 999.0  # only the fold holding out c05 trains without it
+    for kw in ({"n_jobs": 2}, {"backend": "dask", "address": cluster.scheduler_address}):
+        with pytest.raises(ValueError) as err:
+            evaluate(NeedsMarkedCase(), X, y, EvaluationConfig(scheme="loo"), experiment="e", **kw)
+        assert error_text(err.value) == ("the marked case is missing from the training cases; "
+                                         "in the fold that holds out case c05"), kw
+
+
 def test_a_study_with_backend_dask_and_a_started_cluster_matches_a_local_run(tmp_path):
     """`execution.cluster` starts a cluster for the run: extraction and evaluation on it, the same
     bytes in every table as a local run; the written config keeps `cluster`, not an address."""
