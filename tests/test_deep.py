@@ -198,6 +198,29 @@ def test_a_worker_that_reads_other_weights_fails_its_cases(tmp_path, cohort_file
     assert preview_only.pooled is None and [label for label, _ in preview_only.preview] == [case.case_id]
 
 
+def test_a_worker_finds_installed_weights_in_its_own_environment(tmp_path, cohort_files):
+    """Installed (or hub-cache) weights at another path on the worker (its own virtual environment)
+    are looked up there by name and checked by sha256: the same features as the client's file."""
+    import dataclasses
+
+    from radiodeep.features.deep import (_Network, _case_on_worker, _networks, _prepare_views, pick_device,
+                                         settings_from_config)
+
+    config, cohort = _setup(tmp_path, cohort_files[0], backbone="efficientnet_lite0", layer="penultimate",
+                            weights="IMAGENET1K_V1", threads=1)
+    settings = settings_from_config(config)
+    assert settings.weights_source.kind == "packaged"
+    elsewhere = dataclasses.replace(settings, weights_source=dataclasses.replace(
+        settings.weights_source, path=tmp_path / "client-venv" / settings.weights_source.path.name))
+    _networks.clear()
+    out = _case_on_worker(cohort.cases[0], elsewhere)
+    assert out.loaded["sha256"] == settings.weights["sha256"]
+    views = _prepare_views(cohort.cases[0], settings)
+    expect = _Network(settings, pick_device("cpu")).case_features("c0", views.views)
+    assert out.pooled["r"].tobytes() == expect["r"].tobytes()
+
+
+
 def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
     config, cohort = _setup(tmp_path, cohort_files[1], **FAST)
     res = extract_deep(cohort, config, progress=False, previews=True)

@@ -33,6 +33,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ from .backbones import (
     normalisation_affine,
     normalisation_provenance,
     resolve_layer,
+    resolve_weights,
     weights_identity,
     weights_provenance,
     WeightsSource,
@@ -230,8 +232,8 @@ class _Network:
     costs nothing for EfficientNet (a single crop runs faster per crop than a batch of 32).
     """
 
-    def __init__(self, settings: DeepSettings, device: torch.device):
-        model, self.loaded = load_backbone(settings.backbone, settings.weights_source)
+    def __init__(self, settings: DeepSettings, device: torch.device, source: WeightsSource | None = None):
+        model, self.loaded = load_backbone(settings.backbone, source or settings.weights_source)
         size = settings.roi["size"]
         check_input_size(model, settings.backbone, size)
         model.to(device=device, memory_format=torch.channels_last)  # as the batches are
@@ -304,7 +306,9 @@ _networks_lock = threading.Lock()
 def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
     """This process's network for ``settings`` (loaded once; the previous one is dropped), and
     whether this call loaded it. The file must be the one the client keyed: a worker that sees
-    another file under the same path fails its cases instead of computing other features."""
+    another file under the same path fails its cases instead of computing other features.
+    Installed or hub-cache weights that are not at the client's path (a worker's own virtual
+    environment or ``TORCH_HOME``) are looked up again here, by name, then checked the same way."""
     device = pick_device(settings.device)  # "auto": this worker's GPU when it has one
     key = (settings.backbone, settings.layer, settings.activation, repr(settings.weights),
            str(getattr(settings.weights_source, "path", None)), settings.roi["size"],
@@ -313,12 +317,15 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
         net = _networks.get(key)
         if net is not None:
             return net, False
-        here = weights_identity(settings.weights_source)
+        src = settings.weights_source
+        if src.kind in ("packaged", "torchvision") and src.path is not None and not Path(src.path).is_file():
+            src = resolve_weights(settings.backbone, src.name)
+        here = weights_identity(src)
         if here != settings.weights:
             raise RuntimeError(f"the weights this worker reads ({here}) are not those of the client "
                                f"({settings.weights}): the workers must see the same files")
         _networks.clear()
-        net = _networks[key] = _Network(settings, device)
+        net = _networks[key] = _Network(settings, device, src)
         return net, True
 
 
