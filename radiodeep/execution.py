@@ -447,9 +447,29 @@ def _slots(client) -> int:
         return 0
 
 
-def _window(client) -> int:
+class _LiveSlots:
+    """The cluster's task slots now, re-read at most every ``every`` seconds (a scheduler round
+    trip): a SLURM/PBS cluster fills up while a map runs (``start_cluster`` waits for one worker),
+    and workers that join late get their share of the work."""
+
+    def __init__(self, client, every: float = 1.0):
+        self.client, self.every = client, every
+        self.n = max(1, _slots(client))
+        self.at = time.monotonic()
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self.at >= self.every:
+            self.at = now
+            n = _slots(self.client)
+            if n > 0:  # 0: the scheduler did not answer; keep the last count
+                self.n = n
+        return self.n
+
+
+def _window(slots: int) -> int:
     """Cases submitted at a time: every task slot busy plus a queue, a bounded number of futures."""
-    return max(64, 4 * _slots(client))
+    return max(64, 4 * slots)
 
 
 def _dask_result(fut, value, shared=None):
@@ -481,12 +501,13 @@ def _map_dask(func, items, address: str):
     shared = _shared(client, func)
     pending = deque(enumerate(items))
     owner: dict = {}
-    window = _window(client)
+    slots = _LiveSlots(client)  # the window follows the cluster as workers join
     # results fetched in the background as tasks finish, while the caller saves the last case
     ac = as_completed(loop=client.loop, with_results=True, raise_errors=False)
 
     def top_up():
         # in batches of half a window: one round trip to the scheduler per batch, not per case
+        window = _window(slots())
         if len(owner) > window // 2 or not pending:
             return
         batch = [pending.popleft() for _ in range(min(len(pending), window - len(owner)))]
@@ -595,10 +616,16 @@ def _calls_dask(fn, calls, shared, address, n_calls=None, chunks_per_slot=4):
     if n_calls is None:
         calls = list(calls)
         n_calls = len(calls)
-    slots = max(1, _slots(client))
-    # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round trip;
-    # at most MAX_CHUNK calls a chunk, so the calls in flight (a window of chunks) stay bounded
-    size = min(MAX_CHUNK, max(1, -(-n_calls // (max(1, chunks_per_slot) * slots))))
+    live = _LiveSlots(client)
+    slots = live.n
+    per = max(1, chunks_per_slot)
+
+    def sized(n_slots: int) -> int:
+        # a few chunks per task slot: a fold is often milliseconds of work, a task costs a round
+        # trip; at most MAX_CHUNK calls a chunk, so the calls in flight (a window of chunks) stay bounded
+        return min(MAX_CHUNK, max(1, -(-n_calls // (per * n_slots))))
+
+    size = sized(slots)
     own = {k: _shared(client, v) for k, v in shared.items() if not isinstance(v, Future)}
     remote = {**shared, **own}
     futs: deque = deque()
@@ -612,16 +639,27 @@ def _calls_dask(fn, calls, shared, address, n_calls=None, chunks_per_slot=4):
                                       key=_keys("call", 1)[0], **remote))
         return bool(chunk)
 
-    try:
+    def fill():
         # a window of chunks in flight (every slot busy and a queue): the calls drawn and the
-        # results held stay bounded however many calls (e.g. 10,000 permutations)
+        # results held stay bounded however many calls (e.g. 10,000 permutations). The window
+        # follows the cluster's size (re-read at most once a second): workers that join later
+        # (a SLURM/PBS cluster filling up) get work, the calls not drawn yet in finer chunks.
+        # A shrunken cluster only submits less; nothing in flight is cancelled.
+        nonlocal slots, size
+        now = live()
+        if now > slots:
+            size = min(size, sized(now))
+        slots = now
         while len(futs) < 4 * slots and submit_next():
             pass
+
+    try:
+        fill()
         while futs:
             fut = futs.popleft()
             results = fut.result()  # raises the call's exception, as a plain call would
             fut.release()
-            submit_next()
+            fill()
             yield from results
     finally:
         if futs:

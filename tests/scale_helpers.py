@@ -53,3 +53,12 @@ class NeedsMarkedCase:
 
         n = len(X)
         return np.column_stack([np.full(n, 0.5), np.full(n, 0.5)])
+
+
+def stamped(i, *, pause):
+    """A call that takes ``pause`` seconds: ``(i, start, end)`` (wall clock) for concurrency."""
+    import time
+
+    t0 = time.time()
+    time.sleep(pause)
+    return i, t0, time.time()

@@ -247,6 +247,39 @@ def test_many_calls_are_drawn_a_window_at_a_time_on_dask(cluster, n, per_slot, c
     assert len(drawn) == n
 
 
+def test_the_window_of_calls_in_flight_follows_workers_that_join_later():
+    """A cluster still filling up (SLURM/PBS: ``start_cluster`` waits for one worker): a worker
+    that joins while map_calls runs gets work, and more calls run at once than the window sized
+    for the first worker (4 chunks) allowed; the results stay in order."""
+    import time
+
+    import scale_helpers
+    from distributed import Client, LocalCluster
+
+    from radiodeep.execution import map_calls
+
+    n = 2000  # more than a window of the largest chunks (4 x 64 calls)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        stream = _task_stream(lc)
+        out = map_calls(scale_helpers.stamped, ((i,) for i in range(n)), shared={"pause": 0.001},
+                        backend="dask", address=lc.scheduler_address, n_calls=n, chunks_per_slot=4)
+        got = [next(out)]  # the first worker alone: 1 slot, a window of 4 chunks
+        lc.new_spec["options"]["nthreads"] = 8  # the next worker: 8 slots
+        lc.scale(2)
+        client.wait_for_workers(2, timeout=30)
+        late = next(a for a, w in lc.scheduler.workers.items() if w.nthreads == 8)
+        time.sleep(1.1)  # the slots are re-read at most once a second
+        got += list(out)
+        close_clients()
+    assert [g[0] for g in got] == list(range(n))
+    assert any(t["worker"] == late for t in _ran(stream))
+    # the most calls running at the same time (each chunk runs its calls one after another)
+    edges = sorted([(t0, 1) for _, t0, _ in got] + [(t1, -1) for _, _, t1 in got], key=lambda e: (e[0], e[1]))
+    running = np.cumsum([d for _, d in edges])
+    assert running.max() > 4
+
+
 def test_an_error_in_one_fold_names_that_fold_on_both_backends(cluster):
     """A fit that fails in one fold (a diverged network, say) says which case that fold held out,
     also when the fold ran on a worker."""
