@@ -251,18 +251,22 @@ def _supports_fast_loo(pipeline) -> bool:
     return hasattr(first, "loo_fits") and hasattr(first, "get_support") and out == "default"
 
 
-def _loo_supports(selector, *, Xv: np.ndarray, names: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+def _loo_supports(selector, labels: list[str], *, Xv: np.ndarray, names: np.ndarray,
+                  y: np.ndarray) -> list[np.ndarray]:
     """The shared leave-one-out selection (``selector.loo_fits``: e.g. ReliefF's pairwise work
-    over all folds at once): each fold's selected columns, in the order of the LOO folds.
+    over all folds at once): each fold's selected columns, in the order of the LOO folds
+    (``labels``: each fold in words, for an error).
 
     One call: it runs where the folds run (on a Dask worker with ``backend="dask"``); only the
     column indices come back.
     """
     out = []
-    for sel in selector.loo_fits(pd.DataFrame(Xv, columns=names), y):
+    for i, sel in enumerate(selector.loo_fits(pd.DataFrame(Xv, columns=names), y)):
         cols = np.flatnonzero(np.asarray(sel.get_support(), dtype=bool))
         if cols.size == 0:
-            raise ValueError("the selector kept no feature in a fold")
+            err = ValueError("the selector kept no feature")
+            err.add_note(labels[i])
+            raise err
         out.append(cols)
     return out
 
@@ -322,7 +326,9 @@ def _run_folds(pipeline, data: dict, n_features: int, folds, *, scheme: str, fas
     metas: list = []
     if use_fast:
         rest = pipeline[1:]
-        [supports] = list(map_calls(_loo_supports, [(clone(pipeline.steps[0][1]),)], shared=data, **where))
+        labels = [_fold_label(scheme, rep, fold, te, ids) for rep, fold, _, te in folds]
+        [supports] = list(map_calls(_loo_supports, [(clone(pipeline.steps[0][1]), labels)], shared=data,
+                                    **where))
         fn, shared = _fold_fast, {"Xv": data["Xv"], "y": data["y"]}
 
         def calls():
@@ -361,42 +367,48 @@ def _run_folds(pipeline, data: dict, n_features: int, folds, *, scheme: str, fas
 # --------------------------------------------------------------------------- permutations
 def _permuted_labels(y: np.ndarray, cfg, folds):
     """Each permutation's labels, in order, from one generator seeded with ``cfg.seed`` (external:
-    the training cases' labels only). Drawn one at a time: never all held at once."""
+    the training cases' labels only), each with its index. Drawn one at a time: never all held at once."""
     rng = np.random.default_rng(cfg.seed)
     tr = folds[0][2] if cfg.scheme == "external" else None
-    for _ in range(cfg.permutations):
+    for k in range(cfg.permutations):
         if tr is None:
-            yield (rng.permutation(y),)
+            yield k, rng.permutation(y)
         else:
             yp = y.copy()
             yp[tr] = rng.permutation(yp[tr])
-            yield (yp,)
+            yield k, yp
 
 
-def _permutation_auc(yp: np.ndarray, *, cfg, fast: bool, pipeline, Xv: np.ndarray, names: np.ndarray,
-                     y: np.ndarray, folds) -> float:
-    """One permutation of the label-permutation test: the whole evaluation with the labels
-    ``yp``, its folds one after the other in this process (a Dask worker with
-    ``backend="dask"``); its pooled AUC (for external, against the true test labels).
+def _permutation_auc(k: int, yp: np.ndarray, *, cfg, fast: bool, pipeline, Xv: np.ndarray, names: np.ndarray,
+                     y: np.ndarray, folds, ids: np.ndarray | None = None) -> float:
+    """Permutation ``k`` (from 0) of the label-permutation test: the whole evaluation with the
+    labels ``yp``, its folds one after the other in this process (a Dask worker with
+    ``backend="dask"``); its pooled AUC (for external, against the true test labels). An error
+    leaves with notes naming the fold (case ``ids``) and the permutation (also from a worker).
 
     ``folds``: the external scheme's (fixed) split; otherwise None, the folds are drawn here from
     ``yp`` as the client would draw them (:func:`_folds` is deterministic).
     """
     external = cfg.scheme == "external"
-    pf = folds if external else _folds(cfg, yp, None, None)
-    rows, _, _ = _run_folds(pipeline, {"Xv": Xv, "names": names, "y": yp}, len(names), pf,
-                            scheme=cfg.scheme, fast=fast, n_jobs=1, show=False, desc="")
+    try:
+        pf = folds if external else _folds(cfg, yp, None, None)
+        rows, _, _ = _run_folds(pipeline, {"Xv": Xv, "names": names, "y": yp}, len(names), pf,
+                                scheme=cfg.scheme, fast=fast, n_jobs=1, show=False, desc="", ids=ids)
+    except Exception as err:
+        err.add_note(f"in permutation {k + 1} of {cfg.permutations} of the label-permutation test")
+        raise
     return _pooled_auc(rows, y if external else yp)
 
 
 def _null_aucs(pipeline, data: dict, y: np.ndarray, cfg, folds, fast: bool, n_jobs: int, show: bool,
-               desc: str, backend: str = "local", address: str | None = None) -> np.ndarray:
+               desc: str, backend: str = "local", address: str | None = None,
+               ids: np.ndarray | None = None) -> np.ndarray:
     """The permutations' pooled AUCs, in order: each permutation one call (``n_jobs`` threads
     here, or on the Dask cluster, in tasks of a few permutations: a permutation is a whole
     evaluation, so finer than folds), the data and the pipeline sent to each worker once."""
     where = {"backend": backend, "address": address}
     fixed = folds if cfg.scheme == "external" else None
-    with shared_values({"pipeline": pipeline, "folds": fixed}, **where) as more:
+    with shared_values({"pipeline": pipeline, "folds": fixed, "ids": ids}, **where) as more:
         out = map_calls(partial(_permutation_auc, cfg=cfg, fast=fast), _permuted_labels(y, cfg, folds),
                         shared={**data, **more}, n_jobs=n_jobs or 1, n_calls=cfg.permutations,
                         chunks_per_slot=16, **where)
@@ -477,7 +489,8 @@ def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress,
         rows, counts, n_fits = _run_folds(pipeline, data, len(names), folds, scheme=cfg.scheme, fast=fast,
                                           n_jobs=n_jobs, show=progress, desc=desc, ids=X.index.to_numpy(),
                                           **where)
-        null = (_null_aucs(pipeline, data, y_arr, cfg, folds, fast, n_jobs, progress, desc, **where)
+        null = (_null_aucs(pipeline, data, y_arr, cfg, folds, fast, n_jobs, progress, desc,
+                           ids=X.index.to_numpy(), **where)
                 if cfg.permutations else None)
 
     case_ids = X.index.to_numpy()

@@ -657,8 +657,10 @@ def _calls_dask(fn, calls, shared, address, n_calls=None, chunks_per_slot=4):
         fill()
         while futs:
             fut = futs.popleft()
-            results = fut.result()  # raises the call's exception, as a plain call would
-            fut.release()
+            try:
+                results = fut.result()  # raises the call's exception, as a plain call would
+            finally:
+                fut.release()  # also when it raised: the error's traceback does not hold the task
             fill()
             yield from results
     finally:

@@ -62,3 +62,34 @@ def stamped(i, *, pause):
     t0 = time.time()
     time.sleep(pause)
     return i, t0, time.time()
+
+
+class NeedsTrueLabels(NeedsMarkedCase):
+    """A classifier whose fit fails when its training labels are not the true ones (held in
+    column 0): it fits in every fold of the evaluation, and fails only on permuted labels."""
+
+    def fit(self, X, y):
+        import numpy as np
+
+        if not np.array_equal(np.asarray(X)[:, 0], np.asarray(y)):
+            raise ValueError("the training labels are not the true ones")
+        self.classes_ = np.unique(y)
+        return self
+
+
+class _NoSupport:
+    def __init__(self, n):
+        self.n = n
+
+    def get_support(self):
+        import numpy as np
+
+        return np.zeros(self.n, dtype=bool)
+
+
+class EmptyInOneFold(ReliefF):
+    """ReliefF whose shared LOO selection keeps no feature in the fold holding out row 5."""
+
+    def loo_fits(self, X, y):
+        for i, sel in enumerate(super().loo_fits(X, y)):
+            yield _NoSupport(X.shape[1]) if i == 5 else sel

@@ -186,8 +186,8 @@ def test_evaluation_folds_and_permutations_run_on_the_cluster_with_the_same_resu
     # task, then the permutations as tasks of their own (not a round of fold tasks each)
     assert len(ran) == min(n_folds, 8) + (scheme == "loo") + n_perm
     assert len({t["worker"] for t in ran}) == 2  # on both workers
-    # the data went to the cluster once: the matrix, the names, the labels; pipeline and folds
-    assert len(_ran(stream, "radiodeep-shared")) == 5
+    # the data went to the cluster once: the matrix, the names, the labels; pipeline, folds, ids
+    assert len(_ran(stream, "radiodeep-shared")) == 6  # + the case ids (for an error's note)
     pd.testing.assert_frame_equal(local.predictions, remote.predictions, check_exact=True)
     assert local.metrics == remote.metrics
     assert remote.metrics["perm_n"] == n_perm and remote.metrics["perm_p"] == local.metrics["perm_p"]
@@ -293,6 +293,42 @@ def test_an_error_in_one_fold_names_that_fold_on_both_backends(cluster):
             evaluate(NeedsMarkedCase(), X, y, EvaluationConfig(scheme="loo"), experiment="e", **kw)
         assert error_text(err.value) == ("the marked case is missing from the training cases; "
                                          "in the fold that holds out case c05"), kw
+
+
+def test_an_error_only_on_permuted_labels_names_the_permutation_and_the_case(cluster):
+    """A fit that fails only on permuted labels says it failed in the label-permutation test, in
+    which permutation and which fold (by case id, not row number), also from a worker."""
+    from radiodeep.evaluation import error_text
+    from scale_helpers import NeedsTrueLabels
+
+    X, y = _xy()
+    X["f0"] = y.astype(float)  # the true labels, which the classifier checks
+    cfg = EvaluationConfig(scheme="loo", permutations=3, seed=1)
+    for kw in ({"n_jobs": 1}, {"backend": "dask", "address": cluster.scheduler_address}):
+        with pytest.raises(ValueError) as err:
+            evaluate(NeedsTrueLabels(), X, y, cfg, experiment="e", **kw)
+        assert error_text(err.value) == ("the training labels are not the true ones; "
+                                         "in the fold that holds out case c00; "
+                                         "in permutation 1 of 3 of the label-permutation test"), kw
+        # the evaluation itself fits in every fold
+        assert evaluate(NeedsTrueLabels(), X, y, EvaluationConfig(scheme="loo"), **kw).metrics["n"] == len(y)
+
+
+def test_a_shared_loo_selection_that_keeps_nothing_names_the_fold(cluster):
+    """The shared LOO selection (one call over all folds) keeping no feature in one fold says which
+    case that fold held out, on both backends."""
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import Pipeline
+
+    from radiodeep.evaluation import error_text
+    from scale_helpers import EmptyInOneFold
+
+    X, y = _xy()
+    pipe = Pipeline([("select", EmptyInOneFold(k=3)), ("clf", GaussianNB())])
+    for kw in ({"n_jobs": 2}, {"backend": "dask", "address": cluster.scheduler_address}):
+        with pytest.raises(ValueError) as err:
+            evaluate(pipe, X, y, EvaluationConfig(scheme="loo"), experiment="e", **kw)
+        assert error_text(err.value) == "the selector kept no feature; in the fold that holds out case c05", kw
 
 
 def test_a_study_with_backend_dask_and_a_started_cluster_matches_a_local_run(tmp_path):
