@@ -287,8 +287,9 @@ class _Network:
 @dataclass
 class _CaseOut:
     """What a Dask worker sends back for one case: pooled features (None when the case was only
-    cropped again for its preview), its contact-sheet tiles (previews only, subsampled there:
-    not the full crops), where the network ran."""
+    cropped again for its preview, or failed in the network: ``error``), its contact-sheet tiles
+    (previews only, subsampled there: not the full crops), where the network ran and its weights'
+    provenance."""
 
     pooled: dict[str, np.ndarray] | None
     slices: tuple[int, ...]
@@ -297,22 +298,27 @@ class _CaseOut:
     device: str | None = None
     threads: int | None = None
     loaded: dict | None = None
+    error: str | None = None
 
 
-_networks: dict[tuple, _Network] = {}  # this worker process's network, loaded by its first case
+#: this worker process's networks for one set of settings: one per task thread on the CPU (threads
+#: run their forward passes side by side), one per process on a GPU (passes take turns)
+_networks: dict[tuple, _Network] = {}
 _networks_lock = threading.Lock()
 
 
 def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
-    """This process's network for ``settings`` (loaded once; the previous one is dropped), and
-    whether this call loaded it. The file must be the one the client keyed: a worker that sees
-    another file under the same path fails its cases instead of computing other features.
-    Installed or hub-cache weights that are not at the client's path (a worker's own virtual
-    environment or ``TORCH_HOME``) are looked up again here, by name, then checked the same way."""
+    """This thread's (CPU) or process's (GPU) network for ``settings``, loaded once (networks of
+    other settings are dropped), and whether this call loaded it. The file must be the one the
+    client keyed: a worker that sees another file under the same path fails its cases instead of
+    computing other features. Installed or hub-cache weights that are not at the client's path (a
+    worker's own virtual environment or ``TORCH_HOME``) are looked up again here, by name, then
+    checked the same way."""
     device = pick_device(settings.device)  # "auto": this worker's GPU when it has one
-    key = (settings.backbone, settings.layer, settings.activation, repr(settings.weights),
+    sig = (settings.backbone, settings.layer, settings.activation, repr(settings.weights),
            str(getattr(settings.weights_source, "path", None)), settings.roi["size"],
            settings.slice_pooling, settings.batch_size, str(device))
+    key = (sig, threading.get_ident() if device.type == "cpu" else None)
     with _networks_lock:
         net = _networks.get(key)
         if net is not None:
@@ -324,7 +330,8 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
         if here != settings.weights:
             raise RuntimeError(f"the weights this worker reads ({here}) are not those of the client "
                                f"({settings.weights}): the workers must see the same files")
-        _networks.clear()
+        if any(k[0] != sig for k in _networks):
+            _networks.clear()
         net = _networks[key] = _Network(settings, device, src)
         return net, True
 
@@ -332,23 +339,25 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
 def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(),
                     keep_views: bool = False) -> _CaseOut:
     """One case on a Dask worker: read, crop and run through the network there (its GPU, if it
-    has one); only the pooled features (and the views, for previews) travel back."""
+    has one); only the pooled features (and the tiles, for previews) travel back. A case that
+    cannot be read raises; one that fails in the network comes back with ``error`` and its tiles."""
     views = _prepare_views(case, settings)
     out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
                    preview=network_view_items(views, settings.channels) if keep_views else None)
     if case.case_id in cached:
         return out
-    net, loaded = _worker_network(settings)
     old = torch.get_num_threads()
     try:
+        net, _ = _worker_network(settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
         out.threads = torch.get_num_threads()
         out.pooled = net.case_features(case.case_id, views.views)
+        out.device, out.loaded = str(net.device), dict(net.loaded)
+    except Exception as err:  # noqa: BLE001 - this case fails; its preview still shows
+        out.error = CaseFailure.from_error(err, case.case_id, ROUTE).reason
     finally:
         torch.set_num_threads(old)
-    out.device = str(net.device)
-    out.loaded = dict(net.loaded) if loaded else None
     return out
 
 
@@ -458,8 +467,11 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
             if cid in cached:
                 continue
             if remote:
+                if out.error:
+                    failures.append(CaseFailure(cid, ROUTE, out.error))
+                    continue
                 pooled, slices, notes = out.pooled, out.slices, out.notes
-                if out.loaded:
+                if not ran_on:  # the first worker's view of the weights (path, loader details)
                     weights_prov.update(out.loaded)
                 threads_used.add(out.threads)
                 device_name = out.device
@@ -469,8 +481,8 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                     weights_prov.update(net.loaded)
                 try:
                     pooled = net.case_features(cid, views.views)
-                except ValueError as err:  # a view of the wrong shape: this case only
-                    failures.append(CaseFailure(cid, ROUTE, str(err)))
+                except Exception as err:  # noqa: BLE001 - this case only (a view of the wrong shape, ...)
+                    failures.append(CaseFailure.from_error(err, cid, ROUTE))
                     continue
                 slices, notes = views.slice_indices, views.notes
                 threads_used.add(torch.get_num_threads())
