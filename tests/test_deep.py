@@ -211,10 +211,11 @@ def test_a_worker_that_reads_other_weights_fails_its_cases(tmp_path, cohort_file
         t.join()
     assert got[0][0] is not got[1][0] and got[0][1] == got[1][1] == out.pooled["r"].tobytes()
     other = dataclasses.replace(settings, weights={**settings.weights, "seed": 1})
-    failed = _case_on_worker(case, other, keep_views=True)
+    failed = _case_on_worker(case, other, previews=frozenset({case.case_id}))
     assert failed.pooled is None and "the workers must see the same files" in failed.error
     assert failed.preview  # the case's crop still shows on the contact sheet
-    preview_only = _case_on_worker(case, settings, cached=frozenset({case.case_id}), keep_views=True)
+    preview_only = _case_on_worker(case, settings, cached=frozenset({case.case_id}),
+                                   previews=frozenset({case.case_id}))
     assert preview_only.pooled is None and [label for label, _ in preview_only.preview] == [case.case_id]
 
 
@@ -239,6 +240,30 @@ def test_a_worker_finds_installed_weights_in_its_own_environment(tmp_path, cohor
     expect = _Network(settings, pick_device("cpu")).case_features("c0", views.views)
     assert out.pooled["r"].tobytes() == expect["r"].tobytes()
 
+
+
+def test_a_large_cohorts_contact_sheet_shows_an_even_spread_and_rereads_only_those(tmp_path, cohort_files,
+                                                                                   monkeypatch):
+    """Above qc.SHEET_MAX_CASES cases the sheet shows that many, evenly spread (first and last
+    included); a rerun reads again only those cached cases, not the whole cohort."""
+    from radiodeep import qc
+    from radiodeep.features import deep as deep_route
+    from radiodeep.qc import sheet_cases
+
+    assert sheet_cases([f"c{i}" for i in range(10)], 4) == ["c0", "c3", "c6", "c9"]
+    assert sheet_cases(["a", "b"], 4) == ["a", "b"]
+    monkeypatch.setattr(qc, "SHEET_MAX_CASES", 2)
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    first = extract_deep(cohort, config, progress=False, previews=True)
+    assert [label for label, _ in first.previews] == ["c0", "c2"] and len(first.features) == 3
+    assert first.provenance["contact_sheet"] == {"cases": 2, "of": 3}
+    opened = []
+    original = deep_route._prepare_views
+    monkeypatch.setattr(deep_route, "_prepare_views",
+                        lambda case, settings: opened.append(case.case_id) or original(case, settings))
+    again = extract_deep(cohort, config, progress=False, previews=True)
+    assert sorted(opened) == ["c0", "c2"] and again.provenance["cache"]["cached"] == 3
+    assert [label for label, _ in again.previews] == ["c0", "c2"]
 
 
 def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):

@@ -45,7 +45,7 @@ from ..config import Config, RoiConfig
 from ..errors import CaseFailure
 from ..execution import map_cases
 from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
-from ..qc import network_view_items
+from ..qc import network_view_items, sheet_cases
 from .backbones import (
     check_input_size,
     check_weights_file,
@@ -337,13 +337,13 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
 
 
 def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(),
-                    keep_views: bool = False) -> _CaseOut:
+                    previews: frozenset = frozenset()) -> _CaseOut:
     """One case on a Dask worker: read, crop and run through the network there (its GPU, if it
     has one); only the pooled features (and the tiles, for previews) travel back. A case that
     cannot be read raises; one that fails in the network comes back with ``error`` and its tiles."""
     views = _prepare_views(case, settings)
     out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
-                   preview=network_view_items(views, settings.channels) if keep_views else None)
+                   preview=network_view_items(views, settings.channels) if case.case_id in previews else None)
     if case.case_id in cached:
         return out
     old = torch.get_num_threads()
@@ -376,8 +376,9 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     not finite becomes a :class:`CaseFailure` (stage ``deep``); the others go on. With
     ``context.previews``, the result's ``previews`` hold ``(label, crop)`` items of
     :func:`~radiodeep.qc.network_view_items` (every slice; the RGB input for composite
-    strategies) for every case in cohort order, cached ones included (those are read and
-    cropped again, not run through the network). Reading and cropping run in
+    strategies) for the contact sheet's cases (all, or :data:`~radiodeep.qc.SHEET_MAX_CASES` evenly
+    spread over a larger cohort: :func:`~radiodeep.qc.sheet_cases`) in cohort order, cached ones
+    included (those are read and cropped again, not run through the network). Reading and cropping run in
     ``context.n_jobs`` worker processes while this process feeds the network (at most
     ``2 * n_jobs`` prepared cases wait at a time); on Dask the workers run the network too.
     """
@@ -385,7 +386,10 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     device = None if remote else pick_device(settings.device)
     store = FeatureStore(context.cache_dir, ROUTE, settings.key_dict())
     weights_prov = weights_provenance(settings.weights_source)
-    want_previews = context.previews
+    # the contact sheet's cases: all, or an even spread of a large cohort (qc.SHEET_MAX_CASES)
+    sheet = set(sheet_cases([c.case_id for c in cohort.cases])) if context.previews else set()
+    if context.previews and len(sheet) < len(cohort.cases):
+        log.info("contact sheet: %d of the %d cases, evenly spread over the cohort", len(sheet), len(cohort.cases))
 
     rows: dict[str, np.ndarray] = {}
     diags: dict[str, dict] = {}
@@ -412,7 +416,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         rows[cid] = np.fromiter(row.values(), dtype=np.float64, count=len(names))
         diags[cid] = entry.diagnostics
         cached.add(cid)
-        if want_previews:
+        if cid in sheet:
             todo.append(case)  # read and cropped again for its preview only
     if store.damaged:
         log.warning("deep: %d damaged cache entr%s recomputed: %s", len(store.damaged),
@@ -441,7 +445,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     # locally, workers read and crop while this process runs the network; on Dask, each worker
     # runs its cases through its own copy of the network (its GPU, if it has one)
     if remote:
-        func = partial(_case_on_worker, settings=settings, cached=frozenset(cached), keep_views=want_previews)
+        func = partial(_case_on_worker, settings=settings, cached=frozenset(cached), previews=frozenset(sheet))
     else:
         func = partial(_prepare_views, settings=settings)
     ran_on: dict[str, int] = {}  # device -> cases
@@ -462,7 +466,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                 failures.append(CaseFailure(cid, ROUTE, reason))
                 continue
             views = None if remote else out
-            if want_previews:
+            if cid in sheet:
                 preview_items[cid] = out.preview if remote else network_view_items(views, settings.channels)
             if cid in cached:
                 continue
@@ -523,6 +527,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         "network_ran": {"where": "dask workers" if remote else "this process", "cases_per_device": ran_on},
         "threads": (min(threads_used) if len(threads_used) == 1 else sorted(threads_used)) if threads_used
         else (settings.threads or old_threads),
+        **({"contact_sheet": {"cases": len(sheet), "of": len(cohort.cases)}} if context.previews else {}),
         "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": len(ids) - n_cached,
                   "damaged": len(store.damaged)},
         "torch": torch.__version__,
