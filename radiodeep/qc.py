@@ -15,7 +15,12 @@ from PIL import Image, ImageDraw, ImageFont
 if TYPE_CHECKING:  # pragma: no cover
     from .roi import RoiViews
 
-__all__ = ["contact_sheet", "views_items", "network_view_items"]
+__all__ = ["contact_sheet", "views_items", "network_view_items", "sheet_cases", "SHEET_MAX_CASES"]
+
+#: the most cases a contact sheet shows: a larger cohort shows this many, evenly spread over it (a
+#: sheet of thousands of tiles helps no eye, and holding or re-reading them all would cost memory
+#: and time at cohort scale)
+SHEET_MAX_CASES = 400
 
 _GAP = 4  # pixels between tiles
 _BG = (0, 0, 0)
@@ -129,3 +134,14 @@ def network_view_items(views: "RoiViews", channels: str, max_side: int = 128) ->
         step = -(-items[0][1].shape[-1] // max_side)
         items = [(label, np.ascontiguousarray(a[..., ::step, ::step])) for label, a in items]
     return items
+
+
+def sheet_cases(case_ids: Sequence[str], limit: int | None = None) -> list[str]:
+    """The cases a contact sheet shows: all of them, or ``limit`` (:data:`SHEET_MAX_CASES`) evenly
+    spread over the cohort's order (the first and last included), the same on every run."""
+    ids = list(case_ids)
+    limit = SHEET_MAX_CASES if limit is None else int(limit)
+    if len(ids) <= limit:
+        return ids
+    picks = np.unique(np.linspace(0, len(ids) - 1, max(1, limit)).round().astype(int))
+    return [ids[i] for i in picks]

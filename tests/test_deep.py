@@ -182,19 +182,40 @@ def test_a_worker_that_reads_other_weights_fails_its_cases(tmp_path, cohort_file
     when that is not the file the client keyed, the case fails instead of computing other values."""
     import dataclasses
 
-    from radiodeep.features.deep import _case_on_worker, settings_from_config
+    from radiodeep.features.deep import _case_on_worker, _worker_network, settings_from_config
 
     config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
     settings = settings_from_config(config)
     case = cohort.cases[0]
     out = _case_on_worker(case, settings)
-    assert out.loaded is not None and out.device == "cpu" and out.pooled["r"].shape == (512,)
-    again = _case_on_worker(case, settings)  # loaded once per worker process
-    assert again.loaded is None and again.pooled["r"].tobytes() == out.pooled["r"].tobytes()
+    assert out.error is None and out.device == "cpu" and out.pooled["r"].shape == (512,)
+    assert out.loaded["kind"] == "random"  # every case says which weights it ran on
+    net, loaded = _worker_network(settings)  # loaded once per worker thread (CPU)
+    assert not loaded and _worker_network(settings)[0] is net
+    again = _case_on_worker(case, settings)
+    assert again.pooled["r"].tobytes() == out.pooled["r"].tobytes()
+    # a worker's task threads each run their own CPU network, side by side, with the same values
+    import threading
+
+    got, both = {}, threading.Barrier(2)
+
+    def task(i):
+        both.wait()  # both threads alive at once: two threads, two networks
+        got[i] = (_worker_network(settings)[0], _case_on_worker(case, settings).pooled["r"].tobytes())
+        both.wait()
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0][0] is not got[1][0] and got[0][1] == got[1][1] == out.pooled["r"].tobytes()
     other = dataclasses.replace(settings, weights={**settings.weights, "seed": 1})
-    with pytest.raises(RuntimeError, match="the workers must see the same files"):
-        _case_on_worker(case, other)
-    preview_only = _case_on_worker(case, settings, cached=frozenset({case.case_id}), keep_views=True)
+    failed = _case_on_worker(case, other, previews=frozenset({case.case_id}))
+    assert failed.pooled is None and "the workers must see the same files" in failed.error
+    assert failed.preview  # the case's crop still shows on the contact sheet
+    preview_only = _case_on_worker(case, settings, cached=frozenset({case.case_id}),
+                                   previews=frozenset({case.case_id}))
     assert preview_only.pooled is None and [label for label, _ in preview_only.preview] == [case.case_id]
 
 
@@ -219,6 +240,30 @@ def test_a_worker_finds_installed_weights_in_its_own_environment(tmp_path, cohor
     expect = _Network(settings, pick_device("cpu")).case_features("c0", views.views)
     assert out.pooled["r"].tobytes() == expect["r"].tobytes()
 
+
+
+def test_a_large_cohorts_contact_sheet_shows_an_even_spread_and_rereads_only_those(tmp_path, cohort_files,
+                                                                                   monkeypatch):
+    """Above qc.SHEET_MAX_CASES cases the sheet shows that many, evenly spread (first and last
+    included); a rerun reads again only those cached cases, not the whole cohort."""
+    from radiodeep import qc
+    from radiodeep.features import deep as deep_route
+    from radiodeep.qc import sheet_cases
+
+    assert sheet_cases([f"c{i}" for i in range(10)], 4) == ["c0", "c3", "c6", "c9"]
+    assert sheet_cases(["a", "b"], 4) == ["a", "b"]
+    monkeypatch.setattr(qc, "SHEET_MAX_CASES", 2)
+    config, cohort = _setup(tmp_path, cohort_files[0], **FAST)
+    first = extract_deep(cohort, config, progress=False, previews=True)
+    assert [label for label, _ in first.previews] == ["c0", "c2"] and len(first.features) == 3
+    assert first.provenance["contact_sheet"] == {"cases": 2, "of": 3}
+    opened = []
+    original = deep_route._prepare_views
+    monkeypatch.setattr(deep_route, "_prepare_views",
+                        lambda case, settings: opened.append(case.case_id) or original(case, settings))
+    again = extract_deep(cohort, config, progress=False, previews=True)
+    assert sorted(opened) == ["c0", "c2"] and again.provenance["cache"]["cached"] == 3
+    assert [label for label, _ in again.previews] == ["c0", "c2"]
 
 
 def test_failed_case_is_reported_and_the_rest_goes_on(tmp_path, cohort_files):
@@ -344,8 +389,8 @@ def test_device_cuda_is_checked_where_the_network_runs(tmp_path, cohort_files):
     remote, _ = _setup(tmp_path, cohort_files[0], device="cuda",
                        execution={"backend": "dask", "address": "tcp://127.0.0.1:1"}, **FAST)
     assert check_deep_config(remote) == []
-    with pytest.raises(ValueError, match="device is 'cuda' but torch sees no CUDA device"):
-        _case_on_worker(cohort.cases[0], settings_from_config(remote))
+    out = _case_on_worker(cohort.cases[0], settings_from_config(remote))
+    assert out.pooled is None and "device is 'cuda' but torch sees no CUDA device" in out.error
 
 
 def test_an_unexpected_error_in_one_case_fails_that_case_only(tmp_path, cohort_files, monkeypatch):

@@ -45,7 +45,7 @@ from ..config import Config, RoiConfig
 from ..errors import CaseFailure
 from ..execution import map_cases
 from ..imageio import GeometryPolicy, read_case_images, read_case_sequences
-from ..qc import network_view_items
+from ..qc import network_view_items, sheet_cases
 from .backbones import (
     check_input_size,
     check_weights_file,
@@ -287,8 +287,9 @@ class _Network:
 @dataclass
 class _CaseOut:
     """What a Dask worker sends back for one case: pooled features (None when the case was only
-    cropped again for its preview), its contact-sheet tiles (previews only, subsampled there:
-    not the full crops), where the network ran."""
+    cropped again for its preview, or failed in the network: ``error``), its contact-sheet tiles
+    (previews only, subsampled there: not the full crops), where the network ran and its weights'
+    provenance."""
 
     pooled: dict[str, np.ndarray] | None
     slices: tuple[int, ...]
@@ -297,22 +298,27 @@ class _CaseOut:
     device: str | None = None
     threads: int | None = None
     loaded: dict | None = None
+    error: str | None = None
 
 
-_networks: dict[tuple, _Network] = {}  # this worker process's network, loaded by its first case
+#: this worker process's networks for one set of settings: one per task thread on the CPU (threads
+#: run their forward passes side by side), one per process on a GPU (passes take turns)
+_networks: dict[tuple, _Network] = {}
 _networks_lock = threading.Lock()
 
 
 def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
-    """This process's network for ``settings`` (loaded once; the previous one is dropped), and
-    whether this call loaded it. The file must be the one the client keyed: a worker that sees
-    another file under the same path fails its cases instead of computing other features.
-    Installed or hub-cache weights that are not at the client's path (a worker's own virtual
-    environment or ``TORCH_HOME``) are looked up again here, by name, then checked the same way."""
+    """This thread's (CPU) or process's (GPU) network for ``settings``, loaded once (networks of
+    other settings are dropped), and whether this call loaded it. The file must be the one the
+    client keyed: a worker that sees another file under the same path fails its cases instead of
+    computing other features. Installed or hub-cache weights that are not at the client's path (a
+    worker's own virtual environment or ``TORCH_HOME``) are looked up again here, by name, then
+    checked the same way."""
     device = pick_device(settings.device)  # "auto": this worker's GPU when it has one
-    key = (settings.backbone, settings.layer, settings.activation, repr(settings.weights),
+    sig = (settings.backbone, settings.layer, settings.activation, repr(settings.weights),
            str(getattr(settings.weights_source, "path", None)), settings.roi["size"],
            settings.slice_pooling, settings.batch_size, str(device))
+    key = (sig, threading.get_ident() if device.type == "cpu" else None)
     with _networks_lock:
         net = _networks.get(key)
         if net is not None:
@@ -324,31 +330,34 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
         if here != settings.weights:
             raise RuntimeError(f"the weights this worker reads ({here}) are not those of the client "
                                f"({settings.weights}): the workers must see the same files")
-        _networks.clear()
+        if any(k[0] != sig for k in _networks):
+            _networks.clear()
         net = _networks[key] = _Network(settings, device, src)
         return net, True
 
 
 def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(),
-                    keep_views: bool = False) -> _CaseOut:
+                    previews: frozenset = frozenset()) -> _CaseOut:
     """One case on a Dask worker: read, crop and run through the network there (its GPU, if it
-    has one); only the pooled features (and the views, for previews) travel back."""
+    has one); only the pooled features (and the tiles, for previews) travel back. A case that
+    cannot be read raises; one that fails in the network comes back with ``error`` and its tiles."""
     views = _prepare_views(case, settings)
     out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
-                   preview=network_view_items(views, settings.channels) if keep_views else None)
+                   preview=network_view_items(views, settings.channels) if case.case_id in previews else None)
     if case.case_id in cached:
         return out
-    net, loaded = _worker_network(settings)
     old = torch.get_num_threads()
     try:
+        net, _ = _worker_network(settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
         out.threads = torch.get_num_threads()
         out.pooled = net.case_features(case.case_id, views.views)
+        out.device, out.loaded = str(net.device), dict(net.loaded)
+    except Exception as err:  # noqa: BLE001 - this case fails; its preview still shows
+        out.error = CaseFailure.from_error(err, case.case_id, ROUTE).reason
     finally:
         torch.set_num_threads(old)
-    out.device = str(net.device)
-    out.loaded = dict(net.loaded) if loaded else None
     return out
 
 
@@ -367,8 +376,9 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     not finite becomes a :class:`CaseFailure` (stage ``deep``); the others go on. With
     ``context.previews``, the result's ``previews`` hold ``(label, crop)`` items of
     :func:`~radiodeep.qc.network_view_items` (every slice; the RGB input for composite
-    strategies) for every case in cohort order, cached ones included (those are read and
-    cropped again, not run through the network). Reading and cropping run in
+    strategies) for the contact sheet's cases (all, or :data:`~radiodeep.qc.SHEET_MAX_CASES` evenly
+    spread over a larger cohort: :func:`~radiodeep.qc.sheet_cases`) in cohort order, cached ones
+    included (those are read and cropped again, not run through the network). Reading and cropping run in
     ``context.n_jobs`` worker processes while this process feeds the network (at most
     ``2 * n_jobs`` prepared cases wait at a time); on Dask the workers run the network too.
     """
@@ -376,7 +386,10 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     device = None if remote else pick_device(settings.device)
     store = FeatureStore(context.cache_dir, ROUTE, settings.key_dict())
     weights_prov = weights_provenance(settings.weights_source)
-    want_previews = context.previews
+    # the contact sheet's cases: all, or an even spread of a large cohort (qc.SHEET_MAX_CASES)
+    sheet = set(sheet_cases([c.case_id for c in cohort.cases])) if context.previews else set()
+    if context.previews and len(sheet) < len(cohort.cases):
+        log.info("contact sheet: %d of the %d cases, evenly spread over the cohort", len(sheet), len(cohort.cases))
 
     rows: dict[str, np.ndarray] = {}
     diags: dict[str, dict] = {}
@@ -403,7 +416,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         rows[cid] = np.fromiter(row.values(), dtype=np.float64, count=len(names))
         diags[cid] = entry.diagnostics
         cached.add(cid)
-        if want_previews:
+        if cid in sheet:
             todo.append(case)  # read and cropped again for its preview only
     if store.damaged:
         log.warning("deep: %d damaged cache entr%s recomputed: %s", len(store.damaged),
@@ -432,7 +445,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
     # locally, workers read and crop while this process runs the network; on Dask, each worker
     # runs its cases through its own copy of the network (its GPU, if it has one)
     if remote:
-        func = partial(_case_on_worker, settings=settings, cached=frozenset(cached), keep_views=want_previews)
+        func = partial(_case_on_worker, settings=settings, cached=frozenset(cached), previews=frozenset(sheet))
     else:
         func = partial(_prepare_views, settings=settings)
     ran_on: dict[str, int] = {}  # device -> cases
@@ -453,13 +466,16 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                 failures.append(CaseFailure(cid, ROUTE, reason))
                 continue
             views = None if remote else out
-            if want_previews:
+            if cid in sheet:
                 preview_items[cid] = out.preview if remote else network_view_items(views, settings.channels)
             if cid in cached:
                 continue
             if remote:
+                if out.error:
+                    failures.append(CaseFailure(cid, ROUTE, out.error))
+                    continue
                 pooled, slices, notes = out.pooled, out.slices, out.notes
-                if out.loaded:
+                if not ran_on:  # the first worker's view of the weights (path, loader details)
                     weights_prov.update(out.loaded)
                 threads_used.add(out.threads)
                 device_name = out.device
@@ -469,8 +485,8 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                     weights_prov.update(net.loaded)
                 try:
                     pooled = net.case_features(cid, views.views)
-                except ValueError as err:  # a view of the wrong shape: this case only
-                    failures.append(CaseFailure(cid, ROUTE, str(err)))
+                except Exception as err:  # noqa: BLE001 - this case only (a view of the wrong shape, ...)
+                    failures.append(CaseFailure.from_error(err, cid, ROUTE))
                     continue
                 slices, notes = views.slice_indices, views.notes
                 threads_used.add(torch.get_num_threads())
@@ -511,6 +527,7 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
         "network_ran": {"where": "dask workers" if remote else "this process", "cases_per_device": ran_on},
         "threads": (min(threads_used) if len(threads_used) == 1 else sorted(threads_used)) if threads_used
         else (settings.threads or old_threads),
+        **({"contact_sheet": {"cases": len(sheet), "of": len(cohort.cases)}} if context.previews else {}),
         "cache": {"dir": str(store.dir), "key": store.key, "cached": n_cached, "computed": len(ids) - n_cached,
                   "damaged": len(store.damaged)},
         "torch": torch.__version__,
