@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -286,10 +286,10 @@ class _Network:
 # --------------------------------------------------------------------------- on a Dask worker
 @dataclass
 class _CaseOut:
-    """What a Dask worker sends back for one case: pooled features (None when the case was only
-    cropped again for its preview, or failed in the network: ``error``), its contact-sheet tiles
-    (previews only, subsampled there: not the full crops), where the network ran and its weights'
-    provenance."""
+    """One prepared case after the network, on either backend (what a Dask worker sends back):
+    pooled features (None when the case was only cropped again for its preview, or failed in the
+    network: ``error``), its contact-sheet tiles (previews only, made where the case was cropped:
+    not the full crops), where the network ran and its weights' provenance."""
 
     pooled: dict[str, np.ndarray] | None
     slices: tuple[int, ...]
@@ -307,9 +307,28 @@ _networks: dict[tuple, _Network] = {}
 _networks_lock = threading.Lock()
 
 
-def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
+def _prepared(case_id: str, views, settings: DeepSettings, previews: frozenset | set) -> _CaseOut:
+    """A case's result before the network: its slices, notes and (when on the sheet) tiles."""
+    return _CaseOut(None, tuple(views.slice_indices), list(views.notes),
+                    preview=network_view_items(views, settings.channels) if case_id in previews else None)
+
+
+def _through_network(out: _CaseOut, net: "_Network | Callable[[], _Network]", case_id: str, views) -> _CaseOut:
+    """Run a prepared case through ``net`` (or the network that callable gives): ``out`` gets the
+    pooled features, device, threads and weights, or the reason it failed (this case alone)."""
+    try:
+        net = net if isinstance(net, _Network) else net()
+        out.threads = torch.get_num_threads()
+        out.pooled = net.case_features(case_id, views.views)
+        out.device, out.loaded = str(net.device), dict(net.loaded)
+    except Exception as err:  # noqa: BLE001 - this case fails; its preview still shows
+        out.error = CaseFailure.from_error(err, case_id, ROUTE).reason
+    return out
+
+
+def _worker_network(settings: DeepSettings) -> _Network:
     """This thread's (CPU) or process's (GPU) network for ``settings``, loaded once (networks of
-    other settings are dropped), and whether this call loaded it. The file must be the one the
+    other settings are dropped). The file must be the one the
     client keyed: a worker that sees another file under the same path fails its cases instead of
     computing other features. Installed or hub-cache weights that are not at the client's path (a
     worker's own virtual environment or ``TORCH_HOME``) are looked up again here, by name, then
@@ -322,7 +341,7 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
     with _networks_lock:
         net = _networks.get(key)
         if net is not None:
-            return net, False
+            return net
         src = settings.weights_source
         if src.kind in ("packaged", "torchvision") and src.path is not None and not Path(src.path).is_file():
             src = resolve_weights(settings.backbone, src.name)
@@ -333,7 +352,7 @@ def _worker_network(settings: DeepSettings) -> tuple[_Network, bool]:
         if any(k[0] != sig for k in _networks):
             _networks.clear()
         net = _networks[key] = _Network(settings, device, src)
-        return net, True
+        return net
 
 
 def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(),
@@ -342,23 +361,16 @@ def _case_on_worker(case, settings: DeepSettings, cached: frozenset = frozenset(
     has one); only the pooled features (and the tiles, for previews) travel back. A case that
     cannot be read raises; one that fails in the network comes back with ``error`` and its tiles."""
     views = _prepare_views(case, settings)
-    out = _CaseOut(None, tuple(views.slice_indices), list(views.notes),
-                   preview=network_view_items(views, settings.channels) if case.case_id in previews else None)
+    out = _prepared(case.case_id, views, settings, previews)
     if case.case_id in cached:
         return out
     old = torch.get_num_threads()
     try:
-        net, _ = _worker_network(settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        out.threads = torch.get_num_threads()
-        out.pooled = net.case_features(case.case_id, views.views)
-        out.device, out.loaded = str(net.device), dict(net.loaded)
-    except Exception as err:  # noqa: BLE001 - this case fails; its preview still shows
-        out.error = CaseFailure.from_error(err, case.case_id, ROUTE).reason
+        return _through_network(out, partial(_worker_network, settings), case.case_id, views)
     finally:
         torch.set_num_threads(old)
-    return out
 
 
 # --------------------------------------------------------------------------- the route
@@ -465,34 +477,25 @@ def extract(cohort, settings: DeepSettings, context: RunContext) -> RouteResult:
                 reason = getattr(out, "reason", None) or CaseFailure.from_error(out, cid, ROUTE).reason
                 failures.append(CaseFailure(cid, ROUTE, reason))
                 continue
-            views = None if remote else out
+            if not remote:  # prepared in a worker process: the network runs here
+                views, out = out, _prepared(cid, out, settings, sheet)
+                if cid not in cached:
+                    if net is None:  # the network is loaded only when some case needs it
+                        net = _Network(settings, device)
+                        weights_prov.update(net.loaded)
+                    _through_network(out, net, cid, views)
             if cid in sheet:
-                preview_items[cid] = out.preview if remote else network_view_items(views, settings.channels)
+                preview_items[cid] = out.preview
             if cid in cached:
                 continue
-            if remote:
-                if out.error:
-                    failures.append(CaseFailure(cid, ROUTE, out.error))
-                    continue
-                pooled, slices, notes = out.pooled, out.slices, out.notes
-                if not ran_on:  # the first worker's view of the weights (path, loader details)
-                    weights_prov.update(out.loaded)
-                threads_used.add(out.threads)
-                device_name = out.device
-            else:
-                if net is None:  # the network is loaded only when some case needs it
-                    net = _Network(settings, device)
-                    weights_prov.update(net.loaded)
-                try:
-                    pooled = net.case_features(cid, views.views)
-                except Exception as err:  # noqa: BLE001 - this case only (a view of the wrong shape, ...)
-                    failures.append(CaseFailure.from_error(err, cid, ROUTE))
-                    continue
-                slices, notes = views.slice_indices, views.notes
-                threads_used.add(torch.get_num_threads())
-                device_name = str(device)
-            ran_on[device_name] = ran_on.get(device_name, 0) + 1
-            case_done(cid, pooled, {"slices": list(slices), "notes": list(notes)})
+            if out.error:
+                failures.append(CaseFailure(cid, ROUTE, out.error))
+                continue
+            if not ran_on:  # the (first worker's) view of the weights: path, loader details
+                weights_prov.update(out.loaded)
+            threads_used.add(out.threads)
+            ran_on[out.device] = ran_on.get(out.device, 0) + 1
+            case_done(cid, out.pooled, {"slices": list(out.slices), "notes": list(out.notes)})
     finally:
         torch.set_num_threads(old_threads)
 
