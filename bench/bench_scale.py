@@ -119,6 +119,35 @@ def noop(x):
     return x
 
 
+def backends(processes: int, cluster: "Cluster"):
+    """The two backends compared, as keyword arguments of the mapping and evaluation calls."""
+    return (("local", {"n_jobs": processes}), ("dask", {"backend": "dask", "address": cluster.address}))
+
+
+def on_both(processes: int, cluster: "Cluster", run) -> dict:
+    """``run(**backend)`` on local workers, then on the cluster: name -> (result, seconds, client
+    peak memory above its start in MB)."""
+    out = {}
+    for name, kw in backends(processes, cluster):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            result = run(**kw)
+            seconds = time.perf_counter() - t
+        out[name] = (result, seconds, mem.growth)
+    return out
+
+
+def noise_table(n: int, p: int, seed: int):
+    """A balanced two-class table of ``n`` cases x ``p`` normal features (f0, f1, ...) and its labels."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = pd.Series(np.arange(n) % 2, index=[f"c{i:05d}" for i in range(n)])
+    X = pd.DataFrame(rng.normal(size=(n, p)), index=y.index, columns=[f"f{j}" for j in range(p)])
+    return X, y
+
+
 def timed_case(case, params):
     """One case's PyRadiomics extraction, timed inside the worker: (wall s, CPU s)."""
     from radiodeep.features.handcrafted import extract_case
@@ -245,8 +274,7 @@ def bench_deep(work: Path, n: int, processes: int, cluster: "Cluster"):
     manifest = make_cohort(work / f"deep{n}", n_cases=n, seed=1)
     res = {}
     for threads in (None, 1):
-        for name, kw in (("local", {"n_jobs": processes}),
-                         ("dask", {"backend": "dask", "address": cluster.address})):
+        for name, kw in backends(processes, cluster):
             res[name, threads] = deep_once(work, manifest, f"deep-{name}-{threads}", kw, threads)
     for threads in (None, 1):
         (lt, a), (dt, b) = res["local", threads], res["dask", threads]
@@ -266,91 +294,68 @@ def bench_tasks(counts, processes: int, cluster: "Cluster"):
     print(f"\n== trivial tasks (return the argument): per-task overhead and client peak memory [{load()}]")
     for n in counts:
         row = []
-        for name, kw in (("local", {"n_jobs": processes}),
-                         ("dask", {"backend": "dask", "address": cluster.address})):
-            with PeakRSS() as mem:
-                t = time.perf_counter()
-                done = sum(1 for _ in map_cases(noop, range(n), progress=False, **kw))
-                s = time.perf_counter() - t
+        runs = on_both(processes, cluster, lambda **kw: sum(1 for _ in map_cases(noop, range(n), progress=False, **kw)))
+        for name, (done, s, mb) in runs.items():
             assert done == n
-            row.append(f"{name} {s:6.2f} s = {1000 * s / n:5.2f} ms/task, client +{mem.growth:5.1f} MB")
+            row.append(f"{name} {s:6.2f} s = {1000 * s / n:5.2f} ms/task, client +{mb:5.1f} MB")
         print(f"   {n:6d} tasks: " + "   ".join(row))
 
 
 # --------------------------------------------------------------------------- LOO folds
-def bench_loo(sizes, processes: int, cluster: "Cluster"):
-    import numpy as np
-    import pandas as pd
-
-    from radiodeep.config import EvaluationConfig, ExperimentConfig
-    from radiodeep.evaluation import evaluate
+def naive_bayes_after(select: dict, X):
+    """The pipeline of one experiment: ``select`` (method, k) on the columns of ``X``, then naive Bayes."""
+    from radiodeep.config import ExperimentConfig
     from radiodeep.experiment import build_pipeline
 
+    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"], "select": select,
+                                           "classifier": "naive_bayes"})
+    return build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+
+
+def bench_loo(sizes, processes: int, cluster: "Cluster"):
+    from radiodeep.config import EvaluationConfig
+    from radiodeep.evaluation import evaluate
+
     print(f"\n== leave-one-out folds of one experiment (SU top-5 + naive Bayes, 50 features) [{load()}]")
-    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
-                                           "select": {"method": "su", "k": 5}, "classifier": "naive_bayes"})
     for n in sizes:
-        rng = np.random.default_rng(0)
-        y = pd.Series(np.arange(n) % 2, index=[f"c{i:05d}" for i in range(n)])
-        X = pd.DataFrame(rng.normal(size=(n, 50)), index=y.index, columns=[f"f{j}" for j in range(50)])
+        X, y = noise_table(n, 50, seed=0)
         X["f0"] += y
-        pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
-        out = {}
-        row = []
-        for name, kw in (("local", {"n_jobs": processes}),
-                         ("dask", {"backend": "dask", "address": cluster.address})):
-            with PeakRSS() as mem:
-                t = time.perf_counter()
-                out[name] = evaluate(pipe, X, y, EvaluationConfig(scheme="loo"), experiment="e", **kw)
-                s = time.perf_counter() - t
-            row.append(f"{name} {s:6.2f} s = {1000 * s / n:5.2f} ms/fold, client +{mem.growth:5.1f} MB")
-        same = out["local"].predictions.equals(out["dask"].predictions)
+        pipe = naive_bayes_after({"method": "su", "k": 5}, X)
+        runs = on_both(processes, cluster, lambda **kw: evaluate(pipe, X, y, EvaluationConfig(scheme="loo"),
+                                                                 experiment="e", **kw))
+        row = [f"{name} {s:6.2f} s = {1000 * s / n:5.2f} ms/fold, client +{mb:5.1f} MB"
+               for name, (_, s, mb) in runs.items()]
+        same = runs["local"][0].predictions.equals(runs["dask"][0].predictions)
         print(f"   {n:6d} folds: " + "   ".join(row) + f"   identical predictions: {same}")
 
 
 # --------------------------------------------------------------------------- permutations
 def bench_permutations(n: int, n_perm: int, processes: int, cluster: "Cluster"):
-    """One experiment's label-permutation test: local threads vs the Dask cluster, where each
-    permutation is one task (its shared LOO selection and folds run on the worker)."""
-    import numpy as np
-    import pandas as pd
-
-    from radiodeep.config import EvaluationConfig, ExperimentConfig
+    """One experiment's label-permutation test: local threads vs the Dask cluster, where the
+    permutations run in tasks of a few (each one's shared LOO selection and folds on the worker)."""
+    from radiodeep.cluster import client_for
+    from radiodeep.config import EvaluationConfig
     from radiodeep.evaluation import evaluate
-    from radiodeep.experiment import build_pipeline
 
     print(f"\n== permutation test of one experiment (ReliefF top-5 + naive Bayes, LOO, {n} cases x 50 "
           f"features, {n_perm} permutations) [{load()}]")
-    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
-                                           "select": {"method": "relieff", "k": 5}, "classifier": "naive_bayes"})
-    rng = np.random.default_rng(0)
-    y = pd.Series(np.arange(n) % 2, index=[f"c{i:05d}" for i in range(n)])
-    X = pd.DataFrame(rng.normal(size=(n, 50)), index=y.index, columns=[f"f{j}" for j in range(50)])
+    X, y = noise_table(n, 50, seed=0)
     X["f0"] += 1.5 * y  # two informative features
     X["f1"] -= 1.5 * y
-    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+    pipe = naive_bayes_after({"method": "relieff", "k": 5}, X)
     cfg = EvaluationConfig(scheme="loo", permutations=n_perm)
-    from radiodeep.cluster import client_for
-
     t = time.perf_counter()
     client_for(cluster.address, ["radiodeep.evaluation"])  # what the first evaluation would do
     print(f"   workers set up for the evaluation in {time.perf_counter() - t:.1f} s (once per cluster; "
           "not counted below)")
-    out, secs, row = {}, {}, []
-    for name, kw in (("local", {"n_jobs": processes}),
-                     ("dask", {"backend": "dask", "address": cluster.address})):
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            out[name] = evaluate(pipe, X, y, cfg, experiment="e", **kw)
-            secs[name] = time.perf_counter() - t
-        row.append(f"{name} {secs[name]:6.1f} s = {1000 * secs[name] / n_perm:5.0f} ms/permutation, "
-                   f"client +{mem.growth:5.1f} MB")
-    a, b = out["local"], out["dask"]
+    runs = on_both(processes, cluster, lambda **kw: evaluate(pipe, X, y, cfg, experiment="e", **kw))
+    row = [f"{name} {s:6.1f} s = {1000 * s / n_perm:5.0f} ms/permutation, client +{mb:5.1f} MB"
+           for name, (_, s, mb) in runs.items()]
+    (a, local_s, _), (b, dask_s, _) = runs["local"], runs["dask"]
     same = a.null_aucs.tobytes() == b.null_aucs.tobytes() and a.metrics == b.metrics
-    print("   " + "   ".join(row) + f"   Dask/local throughput {secs['local'] / secs['dask']:4.2f}")
+    print("   " + "   ".join(row) + f"   Dask/local throughput {local_s / dask_s:4.2f}")
     print(f"   identical null AUCs and p-value: {same} (perm_p {b.metrics['perm_p']:.4f}, null mean "
           f"{b.metrics['perm_null_auc_mean']:.3f}, observed AUC {b.metrics['auc']:.3f})  [{load()}]")
-
 
 
 def bench_many_permutations(n_perm: int, processes: int, cluster: "Cluster", n: int = 2000):
@@ -359,32 +364,23 @@ def bench_many_permutations(n_perm: int, processes: int, cluster: "Cluster", n: 
     import numpy as np
     import pandas as pd
 
-    from radiodeep.config import EvaluationConfig, ExperimentConfig
+    from radiodeep.config import EvaluationConfig
     from radiodeep.evaluation import evaluate
-    from radiodeep.experiment import build_pipeline
 
     print(f"\n== {n_perm} cheap permutations (external split {n // 2}/{n // 2} cases, SU top-2 + naive Bayes, "
           f"one fit each): client memory [{load()}]")
-    exp = ExperimentConfig.model_validate({"name": "e", "features": ["handcrafted"],
-                                           "select": {"method": "su", "k": 2}, "classifier": "naive_bayes"})
-    rng = np.random.default_rng(1)
-    y = pd.Series(np.arange(n) % 2, index=[f"c{i:05d}" for i in range(n)])
-    X = pd.DataFrame(rng.normal(size=(n, 5)), index=y.index, columns=[f"f{j}" for j in range(5)])
+    X, y = noise_table(n, 5, seed=1)
     X["f0"] += y
     split = pd.Series(np.where(np.arange(n) < n // 2, "train", "test"), index=y.index)
-    pipe = build_pipeline(exp, {"handcrafted": list(X.columns)}, 0)
+    pipe = naive_bayes_after({"method": "su", "k": 2}, X)
     cfg = EvaluationConfig(scheme="external", permutations=n_perm)
-    out, row = {}, []
-    for name, kw in (("local", {"n_jobs": processes}),
-                     ("dask", {"backend": "dask", "address": cluster.address})):
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            out[name] = evaluate(pipe, X, y, cfg, experiment="e", split=split, **kw)
-            s = time.perf_counter() - t
-        row.append(f"{name} {s:6.1f} s = {1000 * s / n_perm:5.2f} ms/permutation, client +{mem.growth:5.1f} MB")
-    same = out["local"].null_aucs.tobytes() == out["dask"].null_aucs.tobytes()
+    runs = on_both(processes, cluster, lambda **kw: evaluate(pipe, X, y, cfg, experiment="e", split=split, **kw))
+    row = [f"{name} {s:6.1f} s = {1000 * s / n_perm:5.2f} ms/permutation, client +{mb:5.1f} MB"
+           for name, (_, s, mb) in runs.items()]
+    same = runs["local"][0].null_aucs.tobytes() == runs["dask"][0].null_aucs.tobytes()
     print("   " + "   ".join(row) + f"   identical null AUCs: {same}  (all {n_perm} label vectors: "
           f"{n_perm * n * 8 / 2**20:.0f} MB)")
+
 
 # --------------------------------------------------------------------------- main
 def main() -> None:
