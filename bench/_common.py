@@ -3,12 +3,24 @@ the FLOP count of a forward pass."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import logging
 import os
 import platform
 from typing import Callable
 
 import torch
+
+
+def parse_torch_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse a torch benchmark's arguments, ``--threads`` added; quiet logging; torch's threads set."""
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def print_header(title: str, quick: bool, extra: str = "") -> bool:

@@ -23,7 +23,6 @@ Prints figures; asserts nothing (not a timed test).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import forward_flops, print_header  # noqa: E402 - bench/ is on sys.path when a script runs
+from _common import forward_flops, parse_torch_args, print_header  # noqa: E402 - bench/ is on sys.path when a script runs
 from radiodeep.learned.rotations import rotation_crop_side  # noqa: E402
 from radiodeep.learned.scratch import ScratchNet, scratch_classifier  # noqa: E402
 
@@ -202,12 +201,8 @@ def bench_ensemble(quick: bool, workdir: Path) -> tuple[str, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a part of the epoch, a small ensemble")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--skip-ensemble", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_torch_args(ap, argv)
     quick = args.quick
     print_header("CNN-from-scratch benchmark", quick)
 

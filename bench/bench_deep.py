@@ -20,7 +20,6 @@ of the matmul roofline is expected to be far lower than alexnet's or vgg16's.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import forward_flops, print_header  # noqa: E402 - bench/ is on sys.path when a script runs
+from _common import forward_flops, parse_torch_args, print_header  # noqa: E402 - bench/ is on sys.path when a script runs
 from radiodeep import roi  # noqa: E402
 from radiodeep.cohort import read_manifest  # noqa: E402
 from radiodeep.config import parse_config  # noqa: E402
@@ -287,13 +286,9 @@ def bench_pipeline(manifest: Path, workdir: Path, sizes, batch: int, threads: in
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller cohorts")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--skip-network", action="store_true")
     ap.add_argument("--skip-pipeline", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_torch_args(ap, argv)
     quick = args.quick
     gpu = print_header("deep-route benchmark", quick,
                        f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
