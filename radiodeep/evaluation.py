@@ -280,10 +280,11 @@ def _fold_label(scheme: str, rep: int, fold: int, te: np.ndarray, ids: np.ndarra
     return f"in fold {fold + 1} of repeat {rep + 1}"
 
 
-def _in_fold(where: str, fn, *args):
-    """``fn(*args)``; an exception leaves with a note naming the fold (it travels from a worker)."""
+def _in_fold(where: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; an exception leaves with the note ``where`` (the fold or the
+    permutation it was raised in; notes travel from a worker with the exception)."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except Exception as err:
         err.add_note(where)
         raise
@@ -390,13 +391,12 @@ def _permutation_auc(k: int, yp: np.ndarray, *, cfg, fast: bool, pipeline, Xv: n
     ``yp`` as the client would draw them (:func:`_folds` is deterministic).
     """
     external = cfg.scheme == "external"
-    try:
+    def run():
         pf = folds if external else _folds(cfg, yp, None, None)
-        rows, _, _ = _run_folds(pipeline, {"Xv": Xv, "names": names, "y": yp}, len(names), pf,
-                                scheme=cfg.scheme, fast=fast, n_jobs=1, show=False, desc="", ids=ids)
-    except Exception as err:
-        err.add_note(f"in permutation {k + 1} of {cfg.permutations} of the label-permutation test")
-        raise
+        return _run_folds(pipeline, {"Xv": Xv, "names": names, "y": yp}, len(names), pf,
+                          scheme=cfg.scheme, fast=fast, n_jobs=1, show=False, desc="", ids=ids)
+
+    rows, _, _ = _in_fold(f"in permutation {k + 1} of {cfg.permutations} of the label-permutation test", run)
     return _pooled_auc(rows, y if external else yp)
 
 
@@ -484,16 +484,15 @@ def evaluate(pipeline, X: pd.DataFrame, y: pd.Series, cfg=None, *, experiment: s
 
 def _evaluate(pipeline, X, y_arr, cfg, folds, split, experiment, desc, progress, n_jobs, fast, where):
     names = np.asarray([str(c) for c in X.columns], dtype=object)
+    case_ids = X.index.to_numpy()
     # sent to the cluster once for the folds and every permutation (backend dask)
     with shared_values({"Xv": X.to_numpy(dtype=np.float64), "names": names, "y": y_arr}, **where) as data:
         rows, counts, n_fits = _run_folds(pipeline, data, len(names), folds, scheme=cfg.scheme, fast=fast,
-                                          n_jobs=n_jobs, show=progress, desc=desc, ids=X.index.to_numpy(),
-                                          **where)
-        null = (_null_aucs(pipeline, data, y_arr, cfg, folds, fast, n_jobs, progress, desc,
-                           ids=X.index.to_numpy(), **where)
+                                          n_jobs=n_jobs, show=progress, desc=desc, ids=case_ids, **where)
+        null = (_null_aucs(pipeline, data, y_arr, cfg, folds, fast, n_jobs, progress, desc, ids=case_ids,
+                           **where)
                 if cfg.permutations else None)
 
-    case_ids = X.index.to_numpy()
     pred = pd.DataFrame(rows, columns=["row", "score", "y_pred", "fold", "repeat"])
     pred = pred.sort_values(["repeat", "row"], kind="mergesort").reset_index(drop=True)
     predictions = pd.DataFrame({
